@@ -84,3 +84,155 @@ def get_beta_schedule(name: str, num_timesteps: int, **kwargs) -> np.ndarray:
   if not (np.all(betas > 0) and np.all(betas <= 1)):
     raise ValueError(f"beta schedule {name!r} with {kwargs} has betas outside (0, 1]")
   return betas
+
+
+# ---------------------------------------------------------------------------------------------
+# Log-SNR schedules for Variational Diffusion Models (Kingma et al. 2021).
+#
+# gamma(t) = -log SNR(t) for continuous time t in [0, 1], strictly increasing, with the
+# variance-preserving marginals q(z_t | x) = N(alpha_t x, sigma_t^2 I),
+#   alpha_t^2 = sigmoid(-gamma(t)),  sigma_t^2 = sigmoid(gamma(t))   (VDM, Sec. 3),
+# so SNR(t) = alpha_t^2 / sigma_t^2 = exp(-gamma(t)). Every schedule is a flax linen module
+# whose call maps t (a scalar or [B] float array) to gamma(t) of the same shape; use it through
+# `gamma_fn = module.apply`, i.e. `gamma_fn(gamma_params, t)`.
+# ---------------------------------------------------------------------------------------------
+import flax.linen as nn  # noqa: E402  (the log-SNR section needs flax; the beta part does not)
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+GAMMA_SCHEDULES = ("fixed_linear", "learned_linear", "learned_net")
+GAMMA_MIN_DEFAULT = -13.3  # VDM paper's initial endpoints: SNR(0) = e^13.3, SNR(1) = e^-5.
+GAMMA_MAX_DEFAULT = 5.0
+
+
+def snr_from_gamma(gamma):
+  """SNR = exp(-gamma), elementwise (VDM, eq. 4)."""
+  return jnp.exp(-gamma)
+
+
+def alpha_sigma_from_gamma(gamma):
+  """(alpha, sigma) with alpha^2 = sigmoid(-gamma), sigma^2 = sigmoid(gamma); elementwise.
+
+  Computed as exp(0.5 * log_sigmoid(.)) so that neither underflows for |gamma| up to ~1e3.
+  """
+  return jnp.exp(0.5 * jax.nn.log_sigmoid(-gamma)), jnp.exp(0.5 * jax.nn.log_sigmoid(gamma))
+
+
+def _check_endpoints(gamma_min, gamma_max):
+  if not (math.isfinite(gamma_min) and math.isfinite(gamma_max) and gamma_max > gamma_min):
+    raise ValueError("gamma schedule needs finite gamma_min < gamma_max, got "
+                     f"gamma_min={gamma_min!r}, gamma_max={gamma_max!r}")
+
+
+def _as_time(t):
+  """t as a float array of shape [] or [B]; integer input is cast to the default float dtype."""
+  t = jnp.asarray(t)
+  if t.ndim > 1:
+    raise ValueError(f"t must be a scalar or have shape [B], got shape {t.shape}")
+  if not jnp.issubdtype(t.dtype, jnp.floating):
+    t = t.astype(jnp.result_type(float))
+  return t
+
+
+class FixedLinearGamma(nn.Module):
+  """gamma(t) = gamma_min + (gamma_max - gamma_min) t, no parameters (VDM, Sec. 5 baseline)."""
+  gamma_min: float = GAMMA_MIN_DEFAULT
+  gamma_max: float = GAMMA_MAX_DEFAULT
+
+  def __call__(self, t):
+    """t: [] or [B] in [0, 1] -> gamma(t), same shape (nats of log-SNR, negated)."""
+    _check_endpoints(self.gamma_min, self.gamma_max)
+    t = _as_time(t)
+    return self.gamma_min + (self.gamma_max - self.gamma_min) * t
+
+
+class LearnedLinearGamma(nn.Module):
+  """gamma(t) = b + |w| t with learnable scalars b = gamma(0), |w| = gamma(1) - gamma(0).
+
+  Initialized at b = gamma_min, w = gamma_max - gamma_min (google-research/vdm's
+  NoiseSchedule_Scalar). Non-decreasing for every parameter value; strictly increasing when
+  w != 0.
+  """
+  gamma_min: float = GAMMA_MIN_DEFAULT
+  gamma_max: float = GAMMA_MAX_DEFAULT
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, t):
+    """t: [] or [B] in [0, 1] -> gamma(t), same shape."""
+    _check_endpoints(self.gamma_min, self.gamma_max)
+    t = _as_time(t)
+    b = self.param("b", nn.initializers.constant(self.gamma_min), (), self.param_dtype)
+    w = self.param("w", nn.initializers.constant(self.gamma_max - self.gamma_min), (),
+                   self.param_dtype)
+    return b + jnp.abs(w) * t
+
+
+class LearnedMonotoneGamma(nn.Module):
+  """The VDM monotone network for gamma(t) (Kingma et al. 2021, Appendix H; google-research/vdm
+  NoiseSchedule_NNet), normalized to learnable endpoints.
+
+  Unnormalized:  g~(t) = (|k1| + min_slope) t + l3(phi(l2(2t - 1))) / n_features, with
+  phi(h) = 2 (sigmoid(h) - 1/2), l2 a dense layer (|kernel| in R^{1 x F}, bias) and l3 a dense
+  layer with |kernel| in R^{F x 1} and no bias: every weight enters through its absolute value
+  and phi is increasing, so g~ is strictly increasing in t (slope >= min_slope > 0).
+  Normalized (VDM, Appendix H):
+    gamma(t) = b + |w| (g~(t) - g~(0)) / (g~(1) - g~(0)),
+  so gamma(0) = b and gamma(1) = b + |w| are learnable endpoints (initialized at gamma_min and
+  gamma_max) and gamma is strictly increasing whenever w != 0. At initialization the nonlinear
+  path is small (kernels ~ N(0, init_scale^2)) and gamma is close to linear.
+  """
+  gamma_min: float = GAMMA_MIN_DEFAULT
+  gamma_max: float = GAMMA_MAX_DEFAULT
+  n_features: int = 1024
+  min_slope: float = 1e-3
+  init_scale: float = 1e-2
+  param_dtype: jnp.dtype = jnp.float32
+
+  def _unnormalized(self, t):
+    """t: [N, 1] -> g~(t): [N, 1]."""
+    normal = nn.initializers.normal(self.init_scale)
+    k1 = self.param("k1", nn.initializers.ones, (), self.param_dtype)
+    k2 = self.param("k2", normal, (1, self.n_features), self.param_dtype)
+    b2 = self.param("b2", nn.initializers.zeros, (self.n_features,), self.param_dtype)
+    k3 = self.param("k3", normal, (self.n_features, 1), self.param_dtype)
+    linear = (jnp.abs(k1) + self.min_slope) * t
+    h = (2.0 * t - 1.0) @ jnp.abs(k2) + b2  # input scaled to [-1, 1]
+    h = 2.0 * (jax.nn.sigmoid(h) - 0.5)  # increasing, bounded (more stable than tanh)
+    return linear + (h @ jnp.abs(k3)) / self.n_features
+
+  @nn.compact
+  def __call__(self, t):
+    """t: [] or [B] in [0, 1] -> gamma(t), same shape."""
+    _check_endpoints(self.gamma_min, self.gamma_max)
+    if isinstance(self.n_features, bool) or int(self.n_features) != self.n_features \
+        or self.n_features < 1:
+      raise ValueError(f"n_features must be a positive integer, got {self.n_features!r}")
+    if not self.min_slope > 0:
+      raise ValueError(f"min_slope must be > 0, got {self.min_slope!r}")
+    t = _as_time(t)
+    b = self.param("b", nn.initializers.constant(self.gamma_min), (), self.param_dtype)
+    w = self.param("w", nn.initializers.constant(self.gamma_max - self.gamma_min), (),
+                   self.param_dtype)
+    ends = jnp.asarray([0.0, 1.0], t.dtype)
+    g = self._unnormalized(jnp.concatenate([t.reshape(-1), ends])[:, None])[:, 0]
+    g_t, g_0, g_1 = g[:-2], g[-2], g[-1]
+    gamma = b + jnp.abs(w) * (g_t - g_0) / (g_1 - g_0)
+    return gamma.reshape(t.shape)
+
+
+def get_gamma_schedule(name: str, **kwargs) -> nn.Module:
+  """The named log-SNR schedule module: `fixed_linear`, `learned_linear` or `learned_net`.
+
+  kwargs are the module's fields (gamma_min, gamma_max, and for `learned_net` n_features,
+  min_slope, init_scale; param_dtype for the learned ones).
+  """
+  builders = {"fixed_linear": FixedLinearGamma, "learned_linear": LearnedLinearGamma,
+              "learned_net": LearnedMonotoneGamma}
+  if name not in builders:
+    raise ValueError(f"gamma schedule name must be one of {list(GAMMA_SCHEDULES)}, got {name!r}")
+  try:
+    return builders[name](**kwargs)
+  except TypeError as e:
+    raise ValueError(f"bad keyword arguments {sorted(kwargs)} for gamma schedule {name!r}: {e}") \
+        from e

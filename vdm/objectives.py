@@ -1,0 +1,319 @@
+"""Training objectives: a denoiser network composed with a bound (DDPM or VDM).
+
+An objective knows the math and the network, nothing of devices or files. It offers, for ONE
+device's share of a batch:
+
+- `init(key)` -> params (a pytree);
+- `encode(v, keys)` -> x: data as stored (integer levels, or float vectors) to the model's scale
+  (DESIGN.md: v -> 2v/(K-1) - 1), with uniform dequantization when asked;
+- `loss(params, x, batch_info, dropout_key, sampler_state)` -> (per-example loss [B], aux
+  dict); `batch_info` holds the step key, the examples' indices in the GLOBAL batch and its
+  size; per-example draws come from fold_in(step key, index), so the noise an example sees
+  does not depend on how the batch is split over devices and hosts;
+- `bound(params, x, key)` -> dict of per-example bound terms in bits/dim;
+- `sample(params, key, n)` -> n samples on the data scale ([-1, 1] for images);
+- `update_sampler(sampler_state, aux_all)` for importance-sampled timesteps.
+
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vdm.diffusion import gaussian as G
+from vdm.diffusion import timesteps as timestep_samplers
+from vdm.diffusion.ddpm import GaussianDiffusion
+from vdm.diffusion.schedules import get_beta_schedule
+
+OBJECTIVES = ("ddpm", "vdm")
+DENOISERS = ("unet", "mlp")
+TIMESTEP_SAMPLERS = ("uniform", "importance")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _choice(field: str, value, allowed):
+  if value not in allowed:
+    raise ValueError(f"config field {field} must be one of {list(allowed)}, got {value!r}")
+  return value
+
+
+def build_denoiser(model_config, data_shape: tuple, out_channels: int, conditioning: str = "t",
+                   gamma_range: tuple = (-13.3, 5.0)):
+  """The Flax denoiser named by `model.denoiser` for data of per-example shape data_shape."""
+  kind = _choice("model.denoiser", model_config.denoiser, DENOISERS)
+  dtype = DTYPES[_choice("model.dtype", model_config.get("dtype", "float32"), tuple(DTYPES))]
+  if kind == "unet":
+    from vdm.models.unet import UNet
+    if len(data_shape) != 3:
+      raise ValueError(f"model.denoiser='unet' needs image data [H, W, C]; got per-example shape "
+                       f"{data_shape}: use model.denoiser='mlp' for vector data")
+    return UNet(ch=model_config.ch, ch_mult=tuple(model_config.ch_mult),
+                num_res_blocks=model_config.num_res_blocks,
+                attn_resolutions=tuple(model_config.attn_resolutions),
+                dropout=model_config.dropout, out_channels=out_channels,
+                resamp_with_conv=model_config.get("resamp_with_conv", True),
+                num_groups=model_config.get("num_groups", 32), conditioning=conditioning,
+                gamma_min=gamma_range[0], gamma_max=gamma_range[1],
+                fourier_features=tuple(model_config.get("fourier_features", ())),
+                zero_init_out=model_config.get("zero_init_out", False), dtype=dtype)
+  if len(data_shape) != 1:
+    raise ValueError(f"model.denoiser='mlp' needs vector data [D]; got per-example shape "
+                     f"{data_shape}")
+  from vdm.models.mlp import MLPDenoiser
+  return MLPDenoiser(hidden=model_config.mlp_hidden, num_blocks=model_config.mlp_num_blocks,
+                     out_dim=out_channels, dropout=model_config.dropout,
+                     conditioning=conditioning,
+                     zero_init_out=model_config.get("zero_init_out", False))
+
+
+def _num_dims(shape) -> int:
+  return int(np.prod(shape))
+
+
+def encode_data(v, num_levels: Optional[int], dequantize: bool, keys=None):
+  """Stored data [B, ...] -> model scale; uniform dequantization needs per-example keys [B]."""
+  from vdm.data import dequantize as dequantize_fn, encode
+  if not dequantize:
+    return encode(v, num_levels)
+  if keys is None:
+    raise ValueError("dequantized data need per-example keys")
+  return jax.vmap(lambda k, vi: dequantize_fn(k, vi, num_levels))(keys, v)
+
+
+def _per_example_normal(keys, shape, dtype):
+  """One standard-normal draw of `shape` per key: keys [B] -> [B, *shape]."""
+  return jax.vmap(lambda k: jax.random.normal(k, shape, dtype))(keys)
+
+
+class BatchInfo(NamedTuple):
+  """Where a device's examples sit in the global batch of one training step."""
+  step_key: jax.Array      # PRNG key of the step (the same on every device)
+  index: jax.Array         # int32 [B] positions in the global batch
+  global_batch: int        # global batch size (static)
+
+  def keys(self, stream: int):
+    """Per-example keys [B] for an independent stream of draws."""
+    k = jax.random.fold_in(self.step_key, stream)
+    return jax.vmap(lambda i: jax.random.fold_in(k, i))(self.index)
+
+
+@dataclasses.dataclass(frozen=True)
+class DDPMObjective:
+  """Ho et al. (2020) / Nichol & Dhariwal (2021): GaussianDiffusion + a t-conditioned denoiser."""
+  diffusion: GaussianDiffusion
+  net: Any
+  data_shape: tuple
+  timestep_sampler: str = "uniform"
+  clip_denoised: bool = True
+  num_levels: Optional[int] = None   # K of the stored data (None: continuous vectors)
+  dequantize: bool = False           # uniform dequantization (the bound then adds offset_bpd)
+  offset_bpd: float = 0.0
+
+  def encode(self, v, keys=None):
+    return encode_data(v, self.num_levels, self.dequantize, keys)
+
+  report_keys = ("mse", "vb")   # per-example aux averaged into the train metrics
+
+  @property
+  def num_timesteps(self) -> int:
+    return self.diffusion.num_timesteps
+
+  def init(self, key):
+    x = jnp.zeros((1,) + tuple(self.data_shape), jnp.float32)
+    return self.net.init({"params": key}, x, jnp.zeros((1,), jnp.int32), train=False)["params"]
+
+  def model_fn(self, params, x_t, t):
+    """Deterministic evaluation (dropout off): model_fn(params, x_t, t) of DESIGN.md."""
+    return self.net.apply({"params": params}, x_t, t, train=False)
+
+  def init_sampler(self):
+    if self.timestep_sampler == "importance":
+      return timestep_samplers.init(self.num_timesteps)
+    return ()
+
+  def loss(self, params, x, info: BatchInfo, dropout_key, sampler_state):
+    """Per-example training loss of `diffusion.loss_type` and its parts, for one device.
+
+    Args:
+      x: encoded data [B, ...]; info: the examples' place in the global batch.
+    Returns:
+      (loss [B], aux dict of [B] arrays: mse, vb (bits/dim), t, weights, quartile).
+    """
+    T = self.num_timesteps
+    t_keys = info.keys(0)
+    if self.timestep_sampler == "importance":
+      t, weights = jax.vmap(lambda k: timestep_samplers.sample(sampler_state, k, 1))(t_keys)
+      t, weights = t[:, 0], weights[:, 0]
+    else:
+      t = jax.vmap(lambda k: jax.random.randint(k, (), 0, T, jnp.int32))(t_keys)
+      weights = jnp.ones(t.shape, x.dtype)
+    noise = _per_example_normal(info.keys(1), x.shape[1:], x.dtype)
+    train_fn = lambda p, x_t, tt: self.net.apply({"params": p}, x_t, tt, train=True,
+                                                 rngs={"dropout": dropout_key})
+    out = self.diffusion.training_losses(train_fn, params, x, None, t=t, weights=weights,
+                                         noise=noise)
+    aux = {"mse": out["mse"], "vb": out["vb"], "t": out["t"], "weights": out["weights"],
+           "quartile": (4 * out["t"]) // T}
+    return out["loss"], aux
+
+  def update_sampler(self, sampler_state, t_all, vb_all):
+    """Feed the all-gathered (t, unweighted vb) of a step to the importance sampler."""
+    if self.timestep_sampler != "importance":
+      return sampler_state
+    return timestep_samplers.update(sampler_state, t_all, vb_all)
+
+  def bound(self, params, x, key):
+    """The full bound per example: dict total_bpd [B], prior_bpd [B], vb/xstart_mse/mse [B, T]."""
+    out = self.diffusion.calc_bpd(self.model_fn, params, x, key, clip_denoised=False)
+    if self.offset_bpd:
+      out = dict(out, total_bpd=out["total_bpd"] + self.offset_bpd)
+    return out
+
+  def sample(self, params, key, n: int):
+    return self.diffusion.p_sample_loop(self.model_fn, params, (n,) + tuple(self.data_shape), key,
+                                        clip_denoised=self.clip_denoised)
+
+
+def build_objective(config, data_shape: tuple, num_levels: Optional[int]):
+  """The objective named by `model.objective`, validated before any compilation."""
+  kind = _choice("model.objective", config.model.objective, OBJECTIVES)
+  data_shape = tuple(int(s) for s in data_shape)
+  channels = data_shape[-1]
+  dequantize = bool(config.data.get("dequantize", False))
+  if dequantize and num_levels is None:
+    raise ValueError("data.dequantize=True needs integer data (num_levels); the data set is "
+                     "continuous")
+  from vdm.data import dequantization_offset_bpd
+  offset = dequantization_offset_bpd(num_levels) if dequantize else 0.0
+  levels = None if dequantize else num_levels
+  if kind == "ddpm":
+    d = config.diffusion
+    sampler = _choice("diffusion.timestep_sampler", d.get("timestep_sampler", "uniform"),
+                      TIMESTEP_SAMPLERS)
+    kwargs = {}
+    if d.beta_schedule in ("linear", "quad"):
+      kwargs = dict(beta_start=d.get("beta_start", 1e-4), beta_end=d.get("beta_end", 0.02))
+    betas = get_beta_schedule(d.beta_schedule, d.num_timesteps, **kwargs)
+    diffusion = GaussianDiffusion(betas, d.mean_type, d.var_type, d.loss_type, num_levels=levels,
+                                  decoder_approx=d.get("decoder_approx", None),
+                                  hybrid_lambda=d.get("hybrid_lambda", 0.001),
+                                  t_chunk_size=d.get("t_chunk_size", 25))
+    out_channels = channels * (2 if diffusion.learns_variance else 1)
+    net = build_denoiser(config.model, data_shape, out_channels)
+    return DDPMObjective(diffusion, net, data_shape, sampler,
+                         clip_denoised=d.get("clip_denoised", True) and levels is not None,
+                         num_levels=num_levels, dequantize=dequantize, offset_bpd=offset)
+  return build_vdm_objective(config, data_shape, num_levels, dequantize, offset)
+
+
+@dataclasses.dataclass(frozen=True)
+class VDMObjective:
+  """Kingma et al. (2021): the VDM bound with a gamma-conditioned denoiser and a log-SNR schedule.
+
+  params = {"denoiser": ..., "gamma": ...}; losses are per-example nats from
+  `vdm.diffusion.vdm.vdm_losses`, converted to bits/dim here (the edge of the math).
+  """
+  net: Any
+  gamma_module: Any
+  data_shape: tuple
+  num_timesteps: int = 0           # 0 = continuous time
+  antithetic: bool = True
+  sample_steps: int = 200
+  num_levels: Optional[int] = None
+  dequantize: bool = False
+  offset_bpd: float = 0.0
+  report_keys = ("loss_recon", "loss_klz", "loss_diff")
+
+  @property
+  def decoder_levels(self):
+    return None if self.dequantize else self.num_levels
+
+  def encode(self, v, keys=None):
+    return encode_data(v, self.num_levels, self.dequantize, keys)
+
+  def init(self, key):
+    x = jnp.zeros((1,) + tuple(self.data_shape), jnp.float32)
+    k1, k2 = jax.random.split(key)
+    net = self.net.init({"params": k1}, x, jnp.zeros((1,), jnp.float32), train=False)["params"]
+    gamma = self.gamma_module.init(k2, jnp.zeros((1,), jnp.float32))
+    return {"denoiser": net, "gamma": gamma}
+
+  def gamma_fn(self, gamma_params, t):
+    return self.gamma_module.apply(gamma_params, t)
+
+  def denoise_fn(self, params, z_t, g_t):
+    """Deterministic eps-prediction (dropout off)."""
+    return self.net.apply({"params": params}, z_t, g_t, train=False)
+
+  def init_sampler(self):
+    return ()
+
+  def update_sampler(self, sampler_state, t_all, vb_all):
+    return sampler_state
+
+  def _to_bpd(self, losses):
+    from vdm.diffusion.vdm import losses_to_bpd
+    return losses_to_bpd(losses, _num_dims(self.data_shape))
+
+  def loss(self, params, x, info: BatchInfo, dropout_key, sampler_state):
+    """Per-example -ELBO estimate in bits/dim and its parts (loss_recon, loss_klz, loss_diff)."""
+    from vdm.diffusion.vdm import discretize_times, vdm_losses
+    # Antithetic times over the GLOBAL batch (VDM): t_i = mod(u0 + i / B_global, 1).
+    if self.antithetic:
+      u0 = jax.random.uniform(jax.random.fold_in(info.step_key, 3), (), x.dtype)
+      t = jnp.mod(u0 + info.index.astype(x.dtype) / info.global_batch, 1.0)
+    else:
+      t = jax.vmap(lambda k: jax.random.uniform(k, (), x.dtype))(info.keys(0))
+    t_model = discretize_times(t, self.num_timesteps) if self.num_timesteps else t
+    train_fn = lambda p, z, g: self.net.apply({"params": p}, z, g, train=True,
+                                              rngs={"dropout": dropout_key})
+    nats = vdm_losses(train_fn, params["denoiser"], self.gamma_fn, params["gamma"], x, None,
+                      self.decoder_levels, T=self.num_timesteps, t=t_model,
+                      noise=_per_example_normal(info.keys(1), x.shape[1:], x.dtype),
+                      noise_0=_per_example_normal(info.keys(2), x.shape[1:], x.dtype))
+    bpd = self._to_bpd(nats)
+    aux = {k: bpd[k] for k in self.report_keys}
+    aux["t"] = t_model
+    aux["quartile"] = jnp.minimum((4 * t).astype(jnp.int32), 3)
+    return bpd["loss"], aux
+
+  def bound(self, params, x, key):
+    """Per-example bound terms in bits/dim (one Monte Carlo draw of t and the noise)."""
+    from vdm.diffusion.vdm import vdm_losses
+    nats = vdm_losses(self.denoise_fn, params["denoiser"], self.gamma_fn, params["gamma"], x,
+                      key, self.decoder_levels, T=self.num_timesteps,
+                      antithetic=self.antithetic)
+    bpd = self._to_bpd(nats)
+    out = {f"{k}_bpd": bpd[k] for k in self.report_keys}
+    out["total_bpd"] = bpd["loss"] + self.offset_bpd
+    out["gamma_0"] = jnp.broadcast_to(self.gamma_fn(params["gamma"], jnp.zeros(())), (x.shape[0],))
+    out["gamma_1"] = jnp.broadcast_to(self.gamma_fn(params["gamma"], jnp.ones(())), (x.shape[0],))
+    return out
+
+  def sample(self, params, key, n: int):
+    from vdm.diffusion.vdm import sample
+    return sample(self.denoise_fn, params["denoiser"], self.gamma_fn, params["gamma"],
+                  (n,) + tuple(self.data_shape), key, self.sample_steps,
+                  num_levels=self.decoder_levels)
+
+
+GAMMA_TYPES = ("fixed_linear", "learned_linear", "learned_net")
+
+
+def build_vdm_objective(config, data_shape, num_levels, dequantize, offset):
+  from vdm.diffusion.schedules import get_gamma_schedule
+  v = config.vdm
+  gamma_type = _choice("vdm.gamma_type", v.gamma_type, GAMMA_TYPES)
+  gamma_module = get_gamma_schedule(gamma_type, gamma_min=v.gamma_min, gamma_max=v.gamma_max)
+  net = build_denoiser(config.model, data_shape, data_shape[-1], conditioning="gamma",
+                       gamma_range=(v.gamma_min, v.gamma_max))
+  T = int(v.num_timesteps)
+  if T < 0:
+    raise ValueError(f"config field vdm.num_timesteps must be >= 0 (0 = continuous), got {T}")
+  return VDMObjective(net, gamma_module, tuple(data_shape), T, bool(v.antithetic),
+                      int(v.sample_steps), num_levels, dequantize, offset)
