@@ -25,6 +25,6 @@ setup(
         "test": ["pytest>=8,<10", "scipy>=1.11,<2", "matplotlib>=3.8,<4",
                  "tensorboardX>=2.6,<3"],
         # Peers measured by the benchmark scripts.
-        "bench": ["numpyro>=0.15,<0.30"],
+        "bench": ["numpyro>=0.15,<0.30", "funsor>=0.4,<0.5"],
     },
 )

@@ -21,7 +21,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   d.use_tfds = False
   d.tfds_data_dir = ""
   d.toy_name = "swiss_roll"   # swiss_roll | two_moons | eight_gaussians
-  d.toy_noise = 0.05
+  d.toy_noise = ml_collections.config_dict.placeholder(float)  # None = per-toy default
   d.dim = 2                   # gaussian: dimension
   d.num_train = 10000         # synthetic sets
   d.num_test = 2000
@@ -55,7 +55,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   f.loss_type = "mse"         # kl | mse | hybrid
   f.hybrid_lambda = 0.001
   f.timestep_sampler = "uniform"  # uniform | importance
-  f.decoder_approx = None     # None (exact CDF) | 'tanh' (DDPM reference code)
+  f.decoder_approx = ml_collections.config_dict.placeholder(str)  # None (exact) | "tanh"
   f.clip_denoised = True      # clip x0 predictions when sampling
   f.t_chunk_size = 50         # timesteps per chunk in calc_bpd
 

@@ -15,7 +15,7 @@ import math
 import os
 import signal
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import flax
 import jax
@@ -44,6 +44,11 @@ class TrainState(flax.struct.PyTreeNode):
   opt_state: Any
   sampler_state: Any         # timestep-sampler state (() for uniform timesteps)
   rng: jnp.ndarray           # uint32 [2] base key; step keys are fold_in(rng, step)
+
+
+class TrainResult(NamedTuple):
+  state: TrainState          # final state (host NumPy arrays)
+  summary: dict              # the last eval's bound summary (bits/dim), {} if none ran
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -83,6 +88,9 @@ def device_layout(config) -> tuple[list, int]:
   if n > len(devices):
     raise ValueError(f"config field training.num_devices={n} exceeds the {len(devices)} local "
                      f"devices")
+  if jax.process_count() > 1 and n != len(devices):
+    raise ValueError(f"config field training.num_devices={n}: a multi-process run uses all "
+                     f"{len(devices)} local devices of every process (set it to 0)")
   devices = devices[:n]
   total = n * jax.process_count()
   if config.training.batch_size % total:
@@ -193,7 +201,7 @@ def make_train_step(objective, optimizer, ema_rate: float, schedule: optax.Sched
     # Metrics: global means over the batch, and per timestep quartile.
     count = jax.lax.psum(jnp.float32(per_device), AXIS)
     metrics = {"loss": jax.lax.pmean(loss, AXIS),
-               "grad_norm": optax.global_norm(grads),
+               "grad_norm": optax.tree.norm(grads),
                "learning_rate": schedule(state.step)}
     for name in objective.report_keys:
       metrics[name] = jax.lax.psum(jnp.sum(aux[name]), AXIS) / count
@@ -226,7 +234,9 @@ def make_eval_step(objective):
   def eval_step(params, v, mask, key):
     info = batch_info(key, v.shape[0], v.shape[0] * jax.lax.psum(1, AXIS))
     x = objective.encode(v, info.keys(4))
-    terms = objective.bound(params, x, jax.random.fold_in(key, jax.lax.axis_index(AXIS)))
+    # One key per example (from its global index): the bound does not depend on the layout.
+    terms = jax.vmap(lambda k, xi: objective.bound(params, xi[None], k))(info.keys(5), x)
+    terms = jax.tree_util.tree_map(lambda a: a[:, 0], terms)
     w = mask.astype(jnp.float32)
     sums = {k: jax.lax.psum(jnp.tensordot(w, a.astype(jnp.float32), axes=(0, 0)), AXIS)
             for k, a in terms.items()}
@@ -239,6 +249,14 @@ def make_eval_step(objective):
 # -----------------------------------------------------------------------------------------
 # Host side: replication, checkpoints, evaluation.
 
+def pmap(fn, devices, **kwargs):
+  """jax.pmap over `devices` (a subset of the local devices) in one process; over every
+  device of every process in a multi-process run (pmap's default), so that collectives such
+  as the gradient pmean span all hosts."""
+  return jax.pmap(fn, axis_name=AXIS, devices=None if jax.process_count() > 1 else devices,
+                  **kwargs)
+
+
 def replicate(tree, devices):
   """One copy of every leaf per device, as a pmap output ([n_devices, ...]).
 
@@ -248,7 +266,7 @@ def replicate(tree, devices):
   n = len(devices)
   stacked = jax.tree_util.tree_map(lambda a: np.broadcast_to(np.asarray(a), (n,) + np.shape(a)),
                                    tree)
-  return jax.pmap(lambda x: x, axis_name=AXIS, devices=devices)(stacked)
+  return pmap(lambda x: x, devices)(stacked)
 
 
 def unreplicate(tree):
@@ -365,9 +383,9 @@ def _write_samples(workdir, step, objective, params_rep, config, devices, datase
   if not n or not dataset.is_image:
     return
   per_device = -(-n // len(devices))
-  p_sample = jax.pmap(lambda p, k: objective.sample(p, k, per_device), axis_name=AXIS,
-                      devices=devices)
-  keys = np.stack([np.asarray(jax.random.fold_in(key, i)) for i in range(len(devices))])
+  p_sample = pmap(lambda p, k: objective.sample(p, k, per_device), devices)
+  first = jax.process_index() * len(devices)
+  keys = np.stack([np.asarray(jax.random.fold_in(key, first + i)) for i in range(len(devices))])
   samples = np.asarray(p_sample(params_rep, keys))
   samples = samples.reshape((-1,) + tuple(dataset.shape))[:n]
   if jax.process_index() == 0:
@@ -378,9 +396,10 @@ def _write_samples(workdir, step, objective, params_rep, config, devices, datase
 # -----------------------------------------------------------------------------------------
 # Entry points.
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Train config's model in workdir, resuming from its latest checkpoint; returns the final
-  eval summary (bits/dim terms, EMA params)."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
+  """Train config's model in workdir, resuming from its latest checkpoint.
+
+  Returns the final state and the last eval summary (bits/dim terms of the EMA params)."""
   dataset, objective, devices, per_device = _setup(config)
   t = config.training
   substeps = t.get("substeps", 1)
@@ -404,10 +423,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info("%d parameters; %d devices x %d examples per device (global batch %d)",
                num_params, len(devices) * jax.process_count(), per_device, t.batch_size)
 
-  p_train = jax.pmap(make_train_step(objective, optimizer, config.optimizer.ema_rate, schedule,
-                                     unroll_substeps(config)),
-                     axis_name=AXIS, devices=devices, donate_argnums=(0,))
-  p_eval = jax.pmap(make_eval_step(objective), axis_name=AXIS, devices=devices)
+  p_train = pmap(make_train_step(objective, optimizer, config.optimizer.ema_rate, schedule,
+                                 unroll_substeps(config)), devices, donate_argnums=(0,))
+  p_eval = pmap(make_eval_step(objective), devices)
   state_rep = replicate(state, devices)
   eval_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0xE7A1)
 
@@ -426,7 +444,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info("already trained to step %d (training.num_steps=%d): evaluating only", start,
                  t.num_steps)
     writer.close()
-    return evaluate(config, workdir)
+    return TrainResult(state, evaluate(config, workdir))
   summary = {}
   step = start
   t0, step_t0 = time.time(), step
@@ -467,7 +485,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         logging.warning("signal %d: saved step %d and stopping", stop.received, step)
         break
   writer.close()
-  return summary
+  return TrainResult(unreplicate(state_rep), summary)
 
 
 def _restore_for_eval(config, workdir):
@@ -491,7 +509,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, full: bool = False
   if full:
     config = ml_collections.ConfigDict(config.to_dict())
     config.eval.num_examples = 0
-  p_eval = jax.pmap(make_eval_step(objective), axis_name=AXIS, devices=devices)
+  p_eval = pmap(make_eval_step(objective), devices)
   step = int(state.step)
   bound = evaluate_bound(objective, p_eval, replicate(state.ema_params, devices), dataset.test,
                          config, devices, jax.random.fold_in(jax.random.PRNGKey(config.seed),

@@ -64,6 +64,11 @@ class StateSpace:
 
   def states_from_index(self, index):
     """int32 [C] state indices -> int32 [C, num_vars] states (digits, most significant first)."""
+    k = self.num_categories
+    if k & (k - 1) == 0:  # a power of two: shifts and masks instead of (unvectorized) division
+      bits = k.bit_length() - 1
+      shifts = jnp.asarray((bits * np.arange(self.num_vars - 1, -1, -1)).astype(np.int32))
+      return (index[:, None] >> shifts[None, :]) & (k - 1)
     powers = self.num_categories ** np.arange(self.num_vars - 1, -1, -1, dtype=np.int64)
     powers = jnp.asarray(powers.astype(np.int32))
     return (index[:, None] // powers[None, :]) % self.num_categories
