@@ -1,0 +1,99 @@
+"""Shared pieces of the experiment and benchmark scripts: provenance, tables, result files."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import shlex
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(REPO, "results")
+
+
+def command_line() -> str:
+  """The command that is running, as a user would type it from the repo root."""
+  argv = list(sys.argv)
+  if argv and argv[0].endswith(".py"):
+    rel = os.path.relpath(os.path.abspath(argv[0]), REPO)
+    if rel.startswith("experiments" + os.sep):
+      argv[0] = "-m " + rel[:-3].replace(os.sep, ".")
+  return "python " + " ".join([argv[0]] + [shlex.quote(a) for a in argv[1:]])
+
+
+def cpu_name() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def machine() -> dict:
+  """What ran: CPU, core count, JAX versions and XLA flags."""
+  import jax
+  import jaxlib
+  return {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
+          "python": platform.python_version(), "jax": jax.__version__,
+          "jaxlib": jaxlib.__version__, "backend": jax.default_backend(),
+          "devices": jax.device_count(), "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}
+
+
+def machine_line() -> str:
+  m = machine()
+  return (f"{m['cpu']}, {m['cores']} cores, {m['backend']} x {m['devices']}; jax {m['jax']}, "
+          f"jaxlib {m['jaxlib']}; XLA_FLAGS='{m['XLA_FLAGS']}'")
+
+
+def max_rss_mb() -> float:
+  """Peak resident memory of this process so far (MiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def markdown_table(headers, rows) -> str:
+  """A GitHub markdown table; floats are printed with 4 significant decimals unless str."""
+  def fmt(v):
+    if isinstance(v, float):
+      return f"{v:.4f}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
+    return str(v).replace("|", "\\|")
+  lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+  lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+class Timer:
+  def __init__(self):
+    self.start = time.time()
+
+  @property
+  def seconds(self) -> float:
+    return time.time() - self.start
+
+
+def write_result(name: str, title: str, body: str, seconds: float | None = None,
+                 results_dir: str = RESULTS) -> str:
+  """results/<name>.md: title, the command that made it, machine and wall time, then body."""
+  os.makedirs(results_dir, exist_ok=True)
+  head = [f"# {title}", "", "Produced by:", "", "```", command_line(), "```", "",
+          f"Machine: {machine_line()}."]
+  if seconds is not None:
+    head.append(f"Wall time: {seconds / 60:.1f} min.")
+  path = os.path.join(results_dir, f"{name}.md")
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write("\n".join(head) + "\n\n" + body.rstrip() + "\n")
+  os.replace(tmp, path)
+  return path
+
+
+def print_json(record: dict) -> None:
+  """One JSON object per line (benchmarks), with the command and machine attached."""
+  record = dict(record)
+  record.setdefault("command", command_line())
+  record.setdefault("machine", machine())
+  print(json.dumps(record), flush=True)
