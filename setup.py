@@ -2,29 +2,29 @@
 from setuptools import find_packages, setup
 
 setup(
-    name="vdm",
-    version="0.1.0",
-    description="Variational bounds on log-likelihood: exact enumerated ELBOs, the DDPM "
-    "bound term by term, the VDM continuous-time bound, and a pmapped training loop.",
-    packages=find_packages(include=["vdm", "vdm.*", "experiments", "configs"]),
-    python_requires=">=3.10",
-    install_requires=[
-        "jax>=0.9,<0.11",
-        "flax>=0.11,<0.13",
-        "optax>=0.2.4,<0.3",
-        "orbax-checkpoint>=0.11,<0.13",
-        "ml_collections>=1.0,<2",
-        "absl-py>=2.0,<3",
-        "numpy>=1.26,<3",
-        "scikit-learn>=1.4,<2",
-    ],
-    extras_require={
-        # Figures (PNG plots of bound terms) and TensorBoard event files.
-        "extras": ["matplotlib>=3.8,<4", "tensorboardX>=2.6,<3"],
-        # Independent reference computations used by the tests.
-        "test": ["pytest>=8,<10", "scipy>=1.11,<2", "matplotlib>=3.8,<4",
-                 "tensorboardX>=2.6,<3"],
-        # Peers measured by the benchmark scripts.
-        "bench": ["numpyro>=0.15,<0.30", "funsor>=0.4,<0.5"],
-    },
+  name="vdm",
+  version="0.1.0",
+  description="Variational bounds on log-likelihood: exact enumerated ELBOs, the DDPM "
+  "bound term by term, the VDM continuous-time bound, and a pmapped training loop.",
+  packages=find_packages(include=["vdm", "vdm.*", "experiments", "configs"]),
+  python_requires=">=3.10",
+  install_requires=[
+    "jax>=0.9,<0.11",
+    "flax>=0.11,<0.13",
+    "optax>=0.2.4,<0.3",
+    "orbax-checkpoint>=0.11,<0.13",
+    "ml_collections>=1.0,<2",
+    "absl-py>=2.0,<3",
+    "numpy>=1.26,<3",
+    "scikit-learn>=1.4,<2",
+  ],
+  extras_require={
+    # Figures (PNG plots of bound terms) and TensorBoard event files.
+    "extras": ["matplotlib>=3.8,<4", "tensorboardX>=2.6,<3"],
+    # Independent reference computations used by the tests.
+    "test": ["pytest>=8,<10", "scipy>=1.11,<2", "matplotlib>=3.8,<4",
+        "tensorboardX>=2.6,<3"],
+    # Peers measured by the benchmark scripts.
+    "bench": ["numpyro>=0.15,<0.30", "funsor>=0.4,<0.5"],
+  },
 )

@@ -96,4 +96,5 @@ def get_base_config() -> ml_collections.ConfigDict:
   e.batch_size = 64           # global
   e.num_examples = 0          # held-out examples in the periodic bound; 0 = all
   e.num_samples = 64          # PNG grid of samples at each eval; 0 = none
+  e.at_start = False          # also evaluate (and sample) before the first step
   return config

@@ -121,9 +121,14 @@ def test_metrics_eval_samples_and_tensorboard_files(tmp_path):
 
 def test_digits_bound_improves_with_training(tmp_path):
   """The test bound (bits/dim, EMA params) after 150 steps is clearly below the bound at init."""
-  before = train.train_and_evaluate(digits_config(num_steps=1), str(tmp_path / "a")).summary
   config = digits_config(num_steps=150)
-  after = train.train_and_evaluate(config, str(tmp_path / "b")).summary
+  config.eval.at_start = True
+  config.eval.num_samples = 0
+  after = train.train_and_evaluate(config, str(tmp_path)).summary
+  evals = [r for r in reporting.read_metrics(str(tmp_path)) if r["split"] == "eval"]
+  assert [r["step"] for r in evals] == [0, 150]
+  before = evals[0]
+  assert evals[1]["total_bpd"] == pytest.approx(after["total_bpd"])
   assert np.isfinite(before["total_bpd"]) and np.isfinite(after["total_bpd"])
   assert after["total_bpd"] < 0.7 * before["total_bpd"], (before, after)
 

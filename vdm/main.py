@@ -35,12 +35,20 @@ def main(argv):
   logging.info("JAX process %d/%d, %d local devices (%s)", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.default_backend())
   config = _CONFIG.value
+  from vdm import reporting
   if _MODE.value == "train":
-    train.train_and_evaluate(config, _WORKDIR.value)
+    result = train.train_and_evaluate(config, _WORKDIR.value)
+    summary, step = result.summary, int(result.state.step)
   elif _MODE.value in ("eval", "bpd"):
-    train.evaluate(config, _WORKDIR.value, full=_MODE.value == "bpd")
+    summary = train.evaluate(config, _WORKDIR.value, full=_MODE.value == "bpd")
+    step = None
   else:
     train.sample(config, _WORKDIR.value)
+    return
+  if jax.process_index() == 0 and summary:
+    print(reporting.decomposition_table(summary, "latest" if step is None else step))
+    print(f"Files: {_WORKDIR.value}/eval (every term, per timestep), "
+          f"{_WORKDIR.value}/samples, {_WORKDIR.value}/metrics.jsonl")
 
 
 def run():

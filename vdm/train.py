@@ -445,8 +445,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                  t.num_steps)
     writer.close()
     return TrainResult(state, evaluate(config, workdir))
+  def eval_and_sample(step, ema_rep):
+    bound = evaluate_bound(objective, p_eval, ema_rep, dataset.test, config, devices,
+                           jax.random.fold_in(eval_key, step))
+    summary = _write_eval(workdir, step, objective, bound, dataset, writer)
+    if is_main:
+      logging.info("eval at step %d: %s", step, reporting.format_summary(summary))
+    _write_samples(workdir, step, objective, ema_rep, config, devices, dataset,
+                   jax.random.fold_in(eval_key, step + 1))
+    return summary
+
   summary = {}
   step = start
+  if step == 0 and config.eval.get("at_start", False):
+    summary = eval_and_sample(0, state_rep.ema_params)
   t0, step_t0 = time.time(), step
   with _StopSignal() as stop:
     while step < t.num_steps:
@@ -473,14 +485,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       if step % t.steps_per_save == 0 or final or stop.received:
         save_checkpoint(manager, unreplicate(state_rep))
       if step % t.steps_per_eval == 0 or final:
-        ema_rep = state_rep.ema_params
-        bound = evaluate_bound(objective, p_eval, ema_rep, dataset.test, config, devices,
-                               jax.random.fold_in(eval_key, step))
-        summary = _write_eval(workdir, step, objective, bound, dataset, writer)
-        if is_main:
-          logging.info("eval at step %d: %s", step, reporting.format_summary(summary))
-        _write_samples(workdir, step, objective, ema_rep, config, devices, dataset,
-                       jax.random.fold_in(eval_key, step + 1))
+        summary = eval_and_sample(step, state_rep.ema_params)
       if stop.received:
         logging.warning("signal %d: saved step %d and stopping", stop.received, step)
         break

@@ -1,0 +1,340 @@
+r"""Benchmark of the full DDPM bound: `calc_bpd` (one jitted computation) against a per-t loop.
+
+    python -m experiments.bench_bound            # T = 1000, batch 8, 32x32x3 (many minutes)
+    python -m experiments.bench_bound --quick    # T = 8, batch 2, 8x8x3, tiny U-Net (< 1 min)
+
+Model: the DDPM U-Net of `vdm.models.unet` with ch 32, ch_mult (1, 2, 2), 1 residual block,
+attention at 16x16 (1.1M parameters), random fan-in-scaled weights, eps prediction with fixed_large variances
+and the linear schedule; data: random 8-bit images mapped to [-1, 1].
+
+Cases, alternated repetition by repetition in one process:
+- `loop`: the way improved-diffusion's calc_bpd_loop evaluates the bound: a Python loop over
+  t = 0..T-1, each t one jitted call (noise, q_sample, the model, the bound term, the x0 and eps
+  errors) on the batch; results stacked at the end (dispatch is asynchronous, nothing is pulled
+  to the host inside the loop).
+- `calc_bpd/chunk=c`: `GaussianDiffusion.calc_bpd` with t_chunk_size = c: all T terms in one
+  jitted computation, c timesteps (c * B images) per model call, chunks visited by lax.map.
+Both draw the noise of timestep t from fold_in(key, t), so they compute the same numbers
+(`max_abs_diff_total_bpd` checks it).
+
+Reported per case: median and min seconds per bound evaluation of the batch, seconds per image,
+images per second, GFLOP/s (XLA cost analysis of one loop step, times T: the same FLOPs for
+every case), `xla_temp_mb` (scratch memory of the compiled executable, from XLA's memory
+analysis: what the chunk size bounds), `peak_rss_mb` (peak resident set, VmHWM, of a fresh
+subprocess that compiles and runs that case once; `baseline_rss_mb` is its resident set after
+importing and building the model, before compiling), the compile
+time, and `speedup_vs_loop` = median(loop) / median(case). A `matmul_peak` line gives the float32
+jnp.dot throughput measured in the same run, for scale.
+
+Output: one JSON object per line (also appended to --out if given).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_bool("quick", False, "Short run: T = 8, batch 2, 8x8x3, a tiny U-Net, chunk size "
+                  "4, no RSS subprocesses.")
+flags.DEFINE_integer("num_timesteps", None, "T (default 1000; --quick: 8).")
+flags.DEFINE_integer("batch", None, "Batch size (default 8; --quick: 2).")
+flags.DEFINE_integer("image_size", None, "Image height = width (default 32; --quick: 8).")
+flags.DEFINE_list("t_chunk_sizes", None, "calc_bpd chunk sizes to time (default 1,4,16; "
+                  "--quick: 4).")
+flags.DEFINE_integer("repeats", None, "Timed repetitions per case (default 2; --quick: 2).")
+flags.DEFINE_bool("warmup", None, "One untimed run per case first (default: only with --quick).")
+flags.DEFINE_bool("rss", None, "Measure peak RSS per case in a fresh subprocess (default: on, "
+                  "off with --quick).")
+flags.DEFINE_string("out", None, "Also append the JSON lines to this file.")
+flags.DEFINE_string("single_case", None, "Internal: run one case once in this process and print "
+                    "its peak RSS (used by the --rss subprocesses).")
+
+BENCH = "bound"
+UNET = dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(16,), dropout=0.0)
+# --quick: a two-level U-Net with attention at 4x4 (fast to compile).
+UNET_QUICK = dict(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.0,
+                  num_groups=8)
+
+
+def _settings():
+  q = FLAGS.quick
+  pick = lambda v, full, quick: v if v is not None else (quick if q else full)
+  return dict(
+      T=pick(FLAGS.num_timesteps, 1000, 8),
+      batch=pick(FLAGS.batch, 8, 2),
+      size=pick(FLAGS.image_size, 32, 8),
+      chunks=[int(c) for c in pick(FLAGS.t_chunk_sizes, ["1", "4", "16"], ["4"])],
+      repeats=pick(FLAGS.repeats, 2, 2),
+      warmup=pick(FLAGS.warmup, False, True),
+      rss=pick(FLAGS.rss, True, False),
+      unet=UNET_QUICK if q else UNET,
+  )
+
+
+def _env_info():
+  import jax
+  import jaxlib
+  return {
+      "jax": jax.__version__,
+      "jaxlib": jaxlib.__version__,
+      "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+      "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                  "cpu_count": os.cpu_count(), "device": str(jax.devices()[0]),
+                  "loadavg_1min": os.getloadavg()[0]},
+      "command": " ".join(["python", "-m", "experiments.bench_bound"] + sys.argv[1:]),
+  }
+
+
+def _emit(row):
+  line = json.dumps(row)
+  print(line, flush=True)
+  if FLAGS.out:
+    with open(FLAGS.out, "a") as f:
+      f.write(line + "\n")
+
+
+def _rss_mb(field="VmHWM"):
+  """Peak (VmHWM) or current (VmRSS) resident set of this process in MiB.
+
+  Read from /proc/self/status: on Linux ru_maxrss survives fork + exec, so in a subprocess it
+  would report the parent's peak."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith(field + ":"):
+          return int(line.split()[1]) / 1024.0  # kB
+  except OSError:
+    pass
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _random_params(model, x0):
+  """Random weights of the model's parameter shapes: kernels N(0, 1/fan_in), GroupNorm scales 1,
+  biases 0. (Flax's own init takes tens of seconds to compile or run here; the values do not
+  matter for timing.)"""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x0,
+                          jnp.zeros((x0.shape[0],), jnp.int32))
+  rng = np.random.RandomState(0)
+
+  def leaf(path, sd):
+    name = str(getattr(path[-1], "key", path[-1]))
+    if name == "scale":
+      return jnp.ones(sd.shape, sd.dtype)
+    if len(sd.shape) < 2:
+      return jnp.zeros(sd.shape, sd.dtype)
+    fan_in = int(np.prod(sd.shape[:-1]))
+    return jnp.asarray(rng.randn(*sd.shape) / np.sqrt(fan_in), sd.dtype)
+
+  return jax.tree_util.tree_map_with_path(leaf, shapes)
+
+
+class Setup:
+  """Model, parameters, data and diffusion shared by every case."""
+
+  def __init__(self, T, batch, size, unet):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from vdm.diffusion import GaussianDiffusion, get_beta_schedule
+    from vdm.models.unet import UNet
+
+    self.T, self.batch, self.size = T, batch, size
+    self.model = UNet(**unet)
+    shape = (batch, size, size, 3)
+    v = np.random.RandomState(0).randint(0, 256, shape)
+    self.x0 = jnp.asarray(2.0 * v / 255.0 - 1.0, jnp.float32)
+    self.key = jax.random.PRNGKey(1)
+    self.params = _random_params(self.model, self.x0)
+    self.num_params = int(sum(p.size for p in jax.tree_util.tree_leaves(self.params)))
+    self.betas = get_beta_schedule("linear", T)
+    model = self.model
+    self.model_fn = lambda params, x, t: model.apply(params, x, t, train=False)
+    self.make = lambda chunk: GaussianDiffusion(self.betas, "eps", "fixed_large", "kl",
+                                                num_levels=256, t_chunk_size=chunk)
+
+
+class CalcBpdCase:
+  """calc_bpd with a given chunk size, compiled ahead of time."""
+
+  def __init__(self, s: Setup, chunk: int):
+    import jax
+    self.name = f"calc_bpd/chunk={chunk}"
+    self.chunk = chunk
+    diffusion = s.make(chunk)
+    fn = jax.jit(lambda p, x, k: diffusion.calc_bpd(s.model_fn, p, x, k))
+    t0 = time.perf_counter()
+    self.compiled = fn.lower(s.params, s.x0, s.key).compile()
+    self.compile_s = time.perf_counter() - t0
+    self.xla_temp_mb = self.compiled.memory_analysis().temp_size_in_bytes / 2**20
+    self.args = (s.params, s.x0, s.key)
+
+  def run(self):
+    import jax
+    out = self.compiled(*self.args)
+    jax.block_until_ready(out)
+    return out
+
+
+class LoopCase:
+  """A Python loop over t, one jitted call per timestep (improved-diffusion's calc_bpd_loop)."""
+
+  def __init__(self, s: Setup):
+    import jax
+    import jax.numpy as jnp
+    self.name = "loop"
+    self.chunk = None
+    diffusion = s.make(1)
+    self.T = s.T
+
+    def one_t(params, x0, key, t):
+      # Everything calc_bpd computes at one timestep t (a traced int32 scalar).
+      tb = jnp.full((x0.shape[0],), t, jnp.int32)
+      noise = jax.random.normal(jax.random.fold_in(key, t), x0.shape, x0.dtype)
+      x_t = diffusion.q_sample(x0, tb, noise)
+      out = s.model_fn(params, x_t, tb)
+      vb = diffusion.vb_terms_bpd(out, x0, x_t, tb)
+      pred_x0 = diffusion.p_mean_variance(out, x_t, tb)["pred_x0"]
+      eps = diffusion.predict_eps_from_x0(x_t, tb, pred_x0)
+      xstart_mse = jnp.mean(jnp.square(pred_x0 - x0), axis=(1, 2, 3))
+      mse = jnp.mean(jnp.square(eps - noise), axis=(1, 2, 3))
+      return vb, xstart_mse, mse
+
+    t0 = time.perf_counter()
+    self.step = jax.jit(one_t).lower(s.params, s.x0, s.key, jnp.int32(0)).compile()
+    self.prior = jax.jit(diffusion.prior_bpd).lower(s.x0).compile()
+    self.compile_s = time.perf_counter() - t0
+    self.step_flops = float(self.step.cost_analysis()["flops"])
+    self.xla_temp_mb = self.step.memory_analysis().temp_size_in_bytes / 2**20
+    self.s = s
+    self.ts = [jnp.int32(t) for t in range(s.T)]
+
+  def run(self):
+    import jax
+    import jax.numpy as jnp
+    s = self.s
+    terms = [self.step(s.params, s.x0, s.key, t) for t in self.ts]
+    vb, xstart_mse, mse = (jnp.stack(z, axis=1) for z in zip(*terms))
+    prior = self.prior(s.x0)
+    out = {"total_bpd": prior + jnp.sum(vb, axis=1), "prior_bpd": prior, "vb": vb,
+           "xstart_mse": xstart_mse, "mse": mse}
+    jax.block_until_ready(out)
+    return out
+
+
+def _make_case(s, name):
+  if name == "loop":
+    return LoopCase(s)
+  return CalcBpdCase(s, int(name.split("=")[1]))
+
+
+def _peak_rss_subprocess(name, cfg):
+  """Compile and run one case in a fresh process; returns (peak_rss_mb, baseline_rss_mb)."""
+  cmd = [sys.executable, "-m", "experiments.bench_bound", f"--single_case={name}",
+         f"--num_timesteps={cfg['T']}", f"--batch={cfg['batch']}",
+         f"--image_size={cfg['size']}", f"--quick={cfg['unet'] is UNET_QUICK}"]
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  res = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=True)
+  row = json.loads(res.stdout.strip().splitlines()[-1])
+  return row["peak_rss_mb"], row["baseline_rss_mb"]
+
+
+def _measure_matmul_peak(n):
+  import jax
+  import jax.numpy as jnp
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  f = jax.jit(jnp.dot)
+  f(a, a).block_until_ready()
+  ts = []
+  for _ in range(3):
+    t0 = time.perf_counter()
+    f(a, a).block_until_ready()
+    ts.append(time.perf_counter() - t0)
+  return 2.0 * n**3 / min(ts) / 1e9
+
+
+def _single_case(cfg):
+  s = Setup(cfg["T"], cfg["batch"], cfg["size"], cfg["unet"])
+  base = _rss_mb("VmRSS")
+  case = _make_case(s, FLAGS.single_case)
+  case.run()
+  print(json.dumps({"case": case.name, "peak_rss_mb": _rss_mb(), "baseline_rss_mb": base}))
+
+
+def main(argv):
+  del argv
+  cfg = _settings()
+  if FLAGS.single_case:
+    _single_case(cfg)
+    return
+  import jax
+  import numpy as np
+
+  env = _env_info()
+  s = Setup(cfg["T"], cfg["batch"], cfg["size"], cfg["unet"])
+  peak = _measure_matmul_peak(512 if FLAGS.quick else 2048)
+  _emit({"bench": "matmul_peak", "case": "2048^3" if not FLAGS.quick else "512^3", "batch": 1,
+         "median_s": None, "images_per_s": None, "gflop_per_s": peak, **env})
+
+  names = ["loop"] + [f"calc_bpd/chunk={c}" for c in cfg["chunks"]]
+  cases = {n: _make_case(s, n) for n in names}
+  flops_per_bound = cases["loop"].step_flops * cfg["T"]
+  times = {n: [] for n in names}
+  results = {}
+  if cfg["warmup"]:
+    for n in names:
+      cases[n].run()
+  for _ in range(cfg["repeats"]):  # alternate the cases, repetition by repetition
+    for n in names:
+      t0 = time.perf_counter()
+      results[n] = cases[n].run()
+      times[n].append(time.perf_counter() - t0)
+
+  ref_total = np.asarray(results["loop"]["total_bpd"])
+  loop_median = statistics.median(times["loop"])
+  for n in names:
+    c = cases[n]
+    med = statistics.median(times[n])
+    rss, base = _peak_rss_subprocess(n, cfg) if cfg["rss"] else (None, None)
+    total = np.asarray(results[n]["total_bpd"])
+    _emit({
+        "bench": BENCH,
+        "case": f"{n} T={cfg['T']} {cfg['size']}x{cfg['size']}x3",
+        "method": "loop" if n == "loop" else "calc_bpd",
+        "t_chunk_size": c.chunk,
+        "batch": cfg["batch"],
+        "num_timesteps": cfg["T"],
+        "median_s": med,
+        "min_s": min(times[n]),
+        "times_s": times[n],
+        "s_per_image": med / cfg["batch"],
+        "images_per_s": cfg["batch"] / med,
+        "gflop_per_bound": flops_per_bound / 1e9,
+        "gflop_per_s": flops_per_bound / med / 1e9,
+        "matmul_peak_gflop_per_s": peak,
+        "speedup_vs_loop": loop_median / med,
+        "compile_s": c.compile_s,
+        "xla_temp_mb": c.xla_temp_mb,
+        "peak_rss_mb": rss,
+        "baseline_rss_mb": base,
+        "total_bpd_mean": float(total.mean()),
+        "max_abs_diff_total_bpd_vs_loop": float(np.max(np.abs(total - ref_total))),
+        "model": "vdm.models.unet.UNet " + json.dumps(cfg["unet"]),
+        "num_params": s.num_params,
+        "quick": FLAGS.quick,
+        **env,
+    })
+
+
+if __name__ == "__main__":
+  app.run(main)
