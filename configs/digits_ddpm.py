@@ -2,7 +2,8 @@
 
 Reproduces nothing from a paper; it exercises the whole system at laptop scale: eps-prediction
 trained with L_simple, fixed variances, T = 1000 linear betas; ends with the bound
-decomposition (bits/dim, DIR/eval/) and a grid of samples (DIR/samples/).
+decomposition (bits/dim, DIR/eval/) and a grid of samples (DIR/samples/). Training settings
+are the digits base (configs/datasets.py).
 """
 from configs.datasets import digits
 
@@ -14,14 +15,4 @@ def get_config():
   config.diffusion.mean_type = "eps"
   config.diffusion.var_type = "fixed_large"
   config.diffusion.loss_type = "mse"
-  config.optimizer.learning_rate = 1e-3
-  config.optimizer.warmup_steps = 100
-  config.optimizer.ema_rate = 0.995
-  config.training.num_steps = 2000
-  config.training.batch_size = 64
-  config.training.substeps = 1
-  config.training.steps_per_log = 100
-  config.training.steps_per_eval = 2000
-  config.training.steps_per_save = 500
-  config.eval.batch_size = 100
   return config

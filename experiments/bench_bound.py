@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -40,6 +39,8 @@ import sys
 import time
 
 from absl import app, flags
+
+from experiments import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("quick", False, "Short run: T = 8, batch 2, 8x8x3, a tiny U-Net, chunk size "
@@ -81,24 +82,11 @@ def _settings():
 
 def _env_info():
   import jax
-  import jaxlib
-  return {
-      "jax": jax.__version__,
-      "jaxlib": jaxlib.__version__,
-      "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
-      "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                  "cpu_count": os.cpu_count(), "device": str(jax.devices()[0]),
-                  "loadavg_1min": os.getloadavg()[0]},
-      "command": " ".join(["python", "-m", "experiments.bench_bound"] + sys.argv[1:]),
-  }
+  return {**common.env_info(), "device": str(jax.devices()[0])}
 
 
 def _emit(row):
-  line = json.dumps(row)
-  print(line, flush=True)
-  if FLAGS.out:
-    with open(FLAGS.out, "a") as f:
-      f.write(line + "\n")
+  common.print_json(row, FLAGS.out)
 
 
 def _rss_mb(field="VmHWM"):
@@ -250,17 +238,7 @@ def _peak_rss_subprocess(name, cfg):
 
 
 def _measure_matmul_peak(n):
-  import jax
-  import jax.numpy as jnp
-  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-  f = jax.jit(jnp.dot)
-  f(a, a).block_until_ready()
-  ts = []
-  for _ in range(3):
-    t0 = time.perf_counter()
-    f(a, a).block_until_ready()
-    ts.append(time.perf_counter() - t0)
-  return 2.0 * n**3 / min(ts) / 1e9
+  return common.matmul_peak_gflops(n)[0]
 
 
 def _single_case(cfg):
@@ -277,7 +255,6 @@ def main(argv):
   if FLAGS.single_case:
     _single_case(cfg)
     return
-  import jax
   import numpy as np
 
   env = _env_info()

@@ -38,13 +38,14 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 
 from absl import app, flags
+
+from experiments import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("quick", False, "Short run for tests: H = 8, B = 8, 3 repetitions.")
@@ -80,23 +81,6 @@ def flops(impl: str, H: int, D: int, B: int) -> float:
     return S * (2 * H * D + D) + S * B * (10 * D + 3)
   raise ValueError(f"impl must be one of ['vdm', {', '.join(map(repr, NUMPYRO_IMPLS))}], "
                    f"got {impl!r}")
-
-
-def machine() -> str:
-  name = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          name = line.split(":", 1)[1].strip()
-          break
-  except OSError:
-    pass
-  return f"{name}, {os.cpu_count()} CPUs, {platform.system()}"
-
-
-def max_rss_mb() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
 # ----------------------------------------------------------------------------------------------
@@ -151,7 +135,7 @@ def run_worker(spec: dict) -> dict:
   params, q_params = model.init(jax.random.PRNGKey(0))
   xs, _ = model.sample(jax.random.PRNGKey(1), params, B)
   jax.block_until_ready(xs)
-  out = {"baseline_rss_mb": max_rss_mb(), "chunk_size": spec["chunk_size"]}
+  out = {"baseline_rss_mb": common.max_rss_mb(), "chunk_size": spec["chunk_size"]}
   ours = jax.jit(lambda p, q, x: M._report(model, p, q, x, spec["chunk_size"]))
 
   def call_ours():
@@ -169,7 +153,7 @@ def run_worker(spec: dict) -> dict:
     call_ours()
     alone.append(time.perf_counter() - t)
   out["vdm_alone_median_s"] = float(np.median(alone))
-  out["vdm_peak_rss_mb"] = max_rss_mb()
+  out["vdm_peak_rss_mb"] = common.max_rss_mb()
 
   theirs = {}
   for impl in spec["numpyro_impls"]:
@@ -200,7 +184,7 @@ def run_worker(spec: dict) -> dict:
           del theirs[impl], times[impl]
     for impl, ts in times.items():
       out[f"{impl}_alternating_median_s"] = float(np.median(ts))
-    out["peak_rss_mb_with_numpyro"] = max_rss_mb()
+    out["peak_rss_mb_with_numpyro"] = common.max_rss_mb()
   return out
 
 
@@ -235,13 +219,13 @@ def run_case(spec: dict, mem_limit_bytes: int) -> dict:
   return json.loads(lines[-1])
 
 
-def rows_for_case(H, B, D, spec, result, numpyro_note, common):
+def rows_for_case(H, B, D, spec, result, numpyro_note, provenance):
   """JSON rows (one per implementation) from a worker result."""
   items = B * 2**H
   rows = []
   have_alt = "vdm_alternating_median_s" in result
   vdm_median = result.get("vdm_alternating_median_s", result.get("vdm_alone_median_s"))
-  base = dict(common, bench="elbo", case=f"sbn_D{D}_H{H}", batch=B, num_states=2**H,
+  base = dict(provenance, bench="elbo", case=f"sbn_D{D}_H{H}", batch=B, num_states=2**H,
               chunk_size=spec["chunk_size"], reps=spec["reps"])
   if "error" in result:
     rows.append(dict(base, impl="vdm", status=result["error"], median_s=None, items_per_s=None,
@@ -273,10 +257,6 @@ def rows_for_case(H, B, D, spec, result, numpyro_note, common):
   return rows
 
 
-def command_line() -> str:
-  return ("python -m experiments.bench_elbo " + " ".join(sys.argv[1:])).strip()
-
-
 def fmt(v, spec=".3g"):
   return "-" if v is None else format(v, spec)
 
@@ -284,8 +264,8 @@ def fmt(v, spec=".3g"):
 def report(rows, seconds) -> str:
   import jax
   lines = ["# Exact-bound throughput: vdm.elbo.bound_report vs NumPyro TraceEnum_ELBO", "",
-           "```", command_line(), "```", "",
-           f"Machine: {machine()}; jax {jax.__version__}; XLA_FLAGS="
+           "```", common.command_line(), "```", "",
+           f"Machine: {common.machine_line()}; jax {jax.__version__}; XLA_FLAGS="
            f"{os.environ.get('XLA_FLAGS', '')!r}; {seconds:.0f} s. SBN with D = "
            f"{rows[0]['case'].split('_')[1][1:]} visible units; items = examples x states; "
            "vdm computes log p(x), the ELBO and the KL, NumPyro log p(x) only. Medians of "
@@ -324,15 +304,12 @@ def main(argv):
       raise ValueError(f"--{name} must be integers in {lo}..{hi}, got {values}")
   if FLAGS.data_dim < 1 or FLAGS.reps < 1 or FLAGS.chunk_elems < 1:
     raise ValueError("--data_dim, --reps and --chunk_elems must be >= 1")
-  import jax
-  import jaxlib
+
   D = FLAGS.data_dim
   use_numpyro, numpyro_note = (numpyro_available() if FLAGS.numpyro
                                else (False, "not requested (--nonumpyro)"))
   mem_limit = int(FLAGS.mem_limit_gb * (1 << 30))
-  common = {"jax": jax.__version__, "jaxlib": jaxlib.__version__,
-            "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""), "machine": machine(),
-            "command": command_line()}
+  common_keys = common.env_info()
   start = time.time()
   rows = []
   for H in latents:
@@ -350,7 +327,7 @@ def main(argv):
           else:
             spec["numpyro_impls"].append(impl)
       result = run_case(spec, mem_limit)
-      for row in rows_for_case(H, B, D, spec, result, numpyro_note, common):
+      for row in rows_for_case(H, B, D, spec, result, numpyro_note, common_keys):
         print(json.dumps(row), flush=True)
         rows.append(row)
   text = report(rows, time.time() - start)

@@ -19,14 +19,14 @@ Output: one JSON object per line: `bench` = `matmul_peak`, `train_step` (ours), 
 """
 from __future__ import annotations
 
-import json
 import os
-import platform
 import resource
 import sys
 import time
 
 from absl import app, flags
+
+from experiments import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("quick", False, "Short run: the small shape at batch 8, one repetition.")
@@ -91,12 +91,6 @@ def _cpu_seconds():
   return r.ru_utime + r.ru_stime
 
 
-def _median(xs):
-  xs = sorted(xs)
-  n = len(xs)
-  return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
-
-
 def _alphas_cumprod():
   """DDPM linear schedule (beta from 1e-4 to 0.02 over 1000 steps), float64."""
   import numpy as np
@@ -104,68 +98,23 @@ def _alphas_cumprod():
   return np.cumprod(1.0 - betas)
 
 
-def _cpu_model():
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor()
-
-
-def _loadavg():
-  """1-minute load average (other processes sharing the cores inflate timings)."""
-  try:
-    return os.getloadavg()[0]
-  except OSError:
-    return None
-
-
 def _env_info():
-  import jax
-  import jaxlib
-  return {
-    "jax": jax.__version__,
-    "jaxlib": jaxlib.__version__,
-    "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
-    "malloc": _allocator(),
-    "machine": {"platform": platform.platform(), "cpu_model": _cpu_model(),
-          "cpu_count": os.cpu_count(), "loadavg_1min": _loadavg(),
-          "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-          else None},
-    "command": " ".join([os.path.basename(sys.executable), "-m", "experiments.bench_train"]
-              + sys.argv[1:]),
-  }
+  return {**common.env_info(), "malloc": _allocator(),
+          "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}
 
 
 def _emit(row):
-  print(json.dumps(row, sort_keys=False), flush=True)
+  common.print_json(row)
 
 
 def measure_matmul_peak(sizes, reps):
-  """Best float32 jnp.dot throughput in GFLOP/s over `sizes` (n x n times n x n).
-
-  The best repetition is kept: other processes sharing the cores can only slow a matmul down.
-  """
-  import jax
-  import jax.numpy as jnp
+  """Best float32 jnp.dot throughput in GFLOP/s over `sizes` (n x n times n x n)."""
   best = 0.0
   for n in sizes:
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
-    f = jax.jit(jnp.dot)
-    f(a, b).block_until_ready()
-    ts = []
-    for _ in range(reps):
-      t0 = time.perf_counter()
-      f(a, b).block_until_ready()
-      ts.append(time.perf_counter() - t0)
-    gfs = 2.0 * n ** 3 / min(ts) / 1e9
+    gfs, ts = common.matmul_peak_gflops(n, reps)
     best = max(best, gfs)
     _emit({"bench": "matmul_peak", "case": f"{n}x{n}x{n}", "batch": 1,
-       "median_s": _median(ts), "min_s": min(ts), "gflop_per_s": gfs, **_env_info()})
+           "median_s": common.median(ts), "min_s": min(ts), "gflop_per_s": gfs, **_env_info()})
   return best
 
 
@@ -310,17 +259,17 @@ def run_case(case, batch, reps, peak, use_peer, dtype, torch_threads, compiler_o
       w, c = _time(peer.run)
       pts.append(w), pcs.append(c)
   info = _env_info()
-  med = _median(ts)
+  med = common.median(ts)
   row = {"bench": "train_step", "case": case, "batch": batch, "impl": "jax",
      "dtype": dtype, "conv_impl": conv_impl, "compiler_options": compiler_options, "median_s": med, "times_s": ts, "images_per_s": batch / med,
      "steps_per_s": 1.0 / med, "gflop_per_step": ours.flops / 1e9,
      "gflop_per_s": ours.flops / med / 1e9, "peak_gflop_per_s": peak,
      "frac_of_peak": ours.flops / med / 1e9 / peak,
-     "cpu_s_per_step": _median(cs), "compile_s": ours.compile_s,
+     "cpu_s_per_step": common.median(cs), "compile_s": ours.compile_s,
      "num_params": int(ours.num_params), **info}
   _emit(row)
   if peer is not None:
-    pmed = _median(pts)
+    pmed = common.median(pts)
     _emit({"bench": "train_step_peer", "case": case, "batch": batch,
        "impl": f"torch {peer.version} diffusers {peer.diffusers_version} "
            f"UNet2DModel, {peer.threads} threads",
@@ -329,14 +278,14 @@ def run_case(case, batch, reps, peak, use_peer, dtype, torch_threads, compiler_o
        # The same network's FLOPs, as counted by XLA for ours.
        "gflop_per_s": ours.flops / pmed / 1e9, "peak_gflop_per_s": peak,
        "frac_of_peak": ours.flops / pmed / 1e9 / peak,
-       "cpu_s_per_step": _median(pcs), "num_params": int(peer.num_params), **info})
+       "cpu_s_per_step": common.median(pcs), "num_params": int(peer.num_params), **info})
     _emit({"bench": "train_step_ratio", "case": case, "batch": batch,
        "median_s": med, "peer_median_s": pmed,
        "speedup_vs_peer": pmed / med, "images_per_s": batch / med,
        "gflop_per_s": ours.flops / med / 1e9, "peak_gflop_per_s": peak,
        "frac_of_peak": ours.flops / med / 1e9 / peak,
        "per_rep_speedup": [p / o for p, o in zip(pts, ts)],
-       "paired_speedup_median": _median([p / o for p, o in zip(pts, ts)]), **info})
+       "paired_speedup_median": common.median([p / o for p, o in zip(pts, ts)]), **info})
 
 
 def main(argv):

@@ -34,14 +34,55 @@ def cpu_name() -> str:
   return platform.processor() or platform.machine()
 
 
+def loadavg() -> float | None:
+  """1-minute load average: other processes sharing the cores inflate timings."""
+  try:
+    return os.getloadavg()[0]
+  except OSError:
+    return None
+
+
 def machine() -> dict:
-  """What ran: CPU, core count, JAX versions and XLA flags."""
+  """What ran: CPU, core count, load, JAX versions and XLA flags."""
   import jax
   import jaxlib
-  return {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
-          "python": platform.python_version(), "jax": jax.__version__,
-          "jaxlib": jaxlib.__version__, "backend": jax.default_backend(),
-          "devices": jax.device_count(), "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}
+  return {"cpu": cpu_name(), "cores": os.cpu_count(), "loadavg_1min": loadavg(),
+          "platform": platform.platform(), "python": platform.python_version(),
+          "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+          "backend": jax.default_backend(), "devices": jax.device_count(),
+          "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}
+
+
+def env_info() -> dict:
+  """The provenance keys every benchmark JSON line carries (DESIGN.md, Benchmarks)."""
+  m = machine()
+  return {"jax": m["jax"], "jaxlib": m["jaxlib"], "XLA_FLAGS": m["XLA_FLAGS"], "machine": m,
+          "command": command_line()}
+
+
+def median(xs) -> float:
+  xs = sorted(xs)
+  n = len(xs)
+  return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
+
+
+def matmul_peak_gflops(n: int, reps: int = 3) -> tuple[float, list]:
+  """Best float32 n x n x n jnp.dot throughput (GFLOP/s) and the times of the repetitions.
+
+  The best repetition is kept: other processes sharing the cores can only slow a matmul down.
+  """
+  import jax
+  import jax.numpy as jnp
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+  f = jax.jit(jnp.dot)
+  f(a, b).block_until_ready()
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    f(a, b).block_until_ready()
+    times.append(time.perf_counter() - t0)
+  return 2.0 * n**3 / min(times) / 1e9, times
 
 
 def machine_line() -> str:
@@ -91,9 +132,10 @@ def write_result(name: str, title: str, body: str, seconds: float | None = None,
   return path
 
 
-def print_json(record: dict) -> None:
-  """One JSON object per line (benchmarks), with the command and machine attached."""
-  record = dict(record)
-  record.setdefault("command", command_line())
-  record.setdefault("machine", machine())
-  print(json.dumps(record), flush=True)
+def print_json(record: dict, out: str | None = None) -> None:
+  """One JSON object per line (benchmarks), printed and optionally appended to `out`."""
+  line = json.dumps(record)
+  print(line, flush=True)
+  if out:
+    with open(out, "a") as f:
+      f.write(line + "\n")

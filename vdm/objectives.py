@@ -18,14 +18,12 @@ device's share of a batch:
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm.diffusion import gaussian as G
 from vdm.diffusion import timesteps as timestep_samplers
 from vdm.diffusion.ddpm import GaussianDiffusion
 from vdm.diffusion.schedules import get_beta_schedule

@@ -10,12 +10,10 @@ importance sampler's state and the base key; the batch at step s depends only on
 """
 from __future__ import annotations
 
-import json
-import math
 import os
 import signal
 import time
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import flax
 import jax

@@ -15,7 +15,6 @@ channels (the first C parameterize the mean, the last C the variance).
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional
 
 import jax

@@ -20,7 +20,6 @@ the examples of a batch, because the batch is an inner vmap that does not touch 
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Callable, NamedTuple, Union
 
 import jax
