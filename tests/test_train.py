@@ -116,6 +116,9 @@ def test_metrics_eval_samples_and_tensorboard_files(tmp_path):
   assert os.path.getsize(tmp_path / "eval" / "bound_4.png") > 1000
   png = (tmp_path / "samples" / "samples_4.png").read_bytes()
   assert png[:8] == b"\x89PNG\r\n\x1a\n"
+  os.remove(tmp_path / "samples" / "samples_4.png")
+  train.sample(config, str(tmp_path))  # --mode=sample: from the latest checkpoint
+  assert (tmp_path / "samples" / "samples_4.png").read_bytes()[:8] == png[:8]
   assert glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
 
 
