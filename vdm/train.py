@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Optional
 
 import flax
 import jax
@@ -247,12 +247,42 @@ def make_eval_step(objective):
 # -----------------------------------------------------------------------------------------
 # Host side: replication, checkpoints, evaluation.
 
-def pmap(fn, devices, **kwargs):
+def compiler_options(config) -> dict:
+  """XLA compiler options for the pmapped steps (`training.compiler_options`).
+
+  'auto': on CPU, `vdm.models.unet.xla_compiler_options()` (convolutions on Eigen's
+  multi-threaded kernels instead of single-threaded YNNPACK; measured in
+  experiments/bench_train.py); nothing elsewhere. 'none': XLA's defaults.
+  """
+  choice = objectives_lib._choice("training.compiler_options",
+                                  config.training.get("compiler_options", "auto"),
+                                  ("auto", "none"))
+  if choice == "none":
+    return {}
+  from vdm.models.unet import xla_compiler_options
+  return xla_compiler_options()
+
+
+class _Pmapped:
+  """jax.pmap compiled ahead of time, on its first call, with XLA compiler options."""
+
+  def __init__(self, fn, options: dict):
+    self._fn, self._options, self._compiled = fn, options, None
+
+  def __call__(self, *args):
+    if self._compiled is None:
+      self._compiled = self._fn.lower(*args).compile(compiler_options=self._options)
+    return self._compiled(*args)
+
+
+def pmap(fn, devices, options: Optional[dict] = None, **kwargs):
   """jax.pmap over `devices` (a subset of the local devices) in one process; over every
   device of every process in a multi-process run (pmap's default), so that collectives such
-  as the gradient pmean span all hosts."""
-  return jax.pmap(fn, axis_name=AXIS, devices=None if jax.process_count() > 1 else devices,
-                  **kwargs)
+  as the gradient pmean span all hosts. With `options`, compiled with those XLA options
+  (the arguments of every call must then have the shapes of the first)."""
+  mapped = jax.pmap(fn, axis_name=AXIS, devices=None if jax.process_count() > 1 else devices,
+                    **kwargs)
+  return _Pmapped(mapped, options) if options else mapped
 
 
 def replicate(tree, devices):
@@ -381,7 +411,8 @@ def _write_samples(workdir, step, objective, params_rep, config, devices, datase
   if not n or not dataset.is_image:
     return
   per_device = -(-n // len(devices))
-  p_sample = pmap(lambda p, k: objective.sample(p, k, per_device), devices)
+  p_sample = pmap(lambda p, k: objective.sample(p, k, per_device), devices,
+                  compiler_options(config))
   first = jax.process_index() * len(devices)
   keys = np.stack([np.asarray(jax.random.fold_in(key, first + i)) for i in range(len(devices))])
   samples = np.asarray(p_sample(params_rep, keys))
@@ -421,9 +452,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   logging.info("%d parameters; %d devices x %d examples per device (global batch %d)",
                num_params, len(devices) * jax.process_count(), per_device, t.batch_size)
 
+  options = compiler_options(config)
   p_train = pmap(make_train_step(objective, optimizer, config.optimizer.ema_rate, schedule,
-                                 unroll_substeps(config)), devices, donate_argnums=(0,))
-  p_eval = pmap(make_eval_step(objective), devices)
+                                 unroll_substeps(config)), devices, options,
+                 donate_argnums=(0,))
+  p_eval = pmap(make_eval_step(objective), devices, options)
   state_rep = replicate(state, devices)
   eval_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0xE7A1)
 
@@ -512,7 +545,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, full: bool = False
   if full:
     config = ml_collections.ConfigDict(config.to_dict())
     config.eval.num_examples = 0
-  p_eval = pmap(make_eval_step(objective), devices)
+  p_eval = pmap(make_eval_step(objective), devices, compiler_options(config))
   step = int(state.step)
   bound = evaluate_bound(objective, p_eval, replicate(state.ema_params, devices), dataset.test,
                          config, devices, jax.random.fold_in(jax.random.PRNGKey(config.seed),
