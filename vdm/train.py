@@ -279,10 +279,12 @@ def pmap(fn, devices, options: Optional[dict] = None, **kwargs):
   """jax.pmap over `devices` (a subset of the local devices) in one process; over every
   device of every process in a multi-process run (pmap's default), so that collectives such
   as the gradient pmean span all hosts. With `options`, compiled with those XLA options
-  (the arguments of every call must then have the shapes of the first)."""
-  mapped = jax.pmap(fn, axis_name=AXIS, devices=None if jax.process_count() > 1 else devices,
-                    **kwargs)
-  return _Pmapped(mapped, options) if options else mapped
+  (the arguments of every call must then have the shapes of the first). Ahead-of-time
+  lowering of a multi-process pmap sees global shapes but is called with local ones, so
+  there the options are not applied: multi-host runs use XLA's defaults."""
+  multi_process = jax.process_count() > 1
+  mapped = jax.pmap(fn, axis_name=AXIS, devices=None if multi_process else devices, **kwargs)
+  return _Pmapped(mapped, options) if options and not multi_process else mapped
 
 
 def replicate(tree, devices):
