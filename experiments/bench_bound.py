@@ -15,7 +15,14 @@ Cases, alternated repetition by repetition in one process:
 - `calc_bpd/chunk=c`: `GaussianDiffusion.calc_bpd` with t_chunk_size = c: all T terms in one
   jitted computation, c timesteps (c * B images) per model call, chunks visited by lax.map.
 Both draw the noise of timestep t from fold_in(key, t), so they compute the same numbers
-(`max_abs_diff_total_bpd` checks it).
+(`max_abs_diff_total_bpd` checks it). Both are compiled with the same XLA options
+(`--compiler_options`, by default `vdm.models.unet.xla_compiler_options()`, as the trainer).
+- `peer`: when torch and diffusers import (`--peer`), the PyTorch reference: the same per-t loop
+  with diffusers.UNet2DModel of the same shape (experiments/common.torch_unet), 2 threads,
+  no_grad, eval mode: q_sample, the forward pass and the eps error at each t. It omits the
+  bound terms' arithmetic (negligible beside the network), so its time is a lower bound on
+  improved-diffusion's calc_bpd_loop with that network; `speedup_vs_peer` = median(peer) /
+  median(case).
 
 Reported per case: median and min seconds per bound evaluation of the batch, seconds per image,
 images per second, GFLOP/s (XLA cost analysis of one loop step, times T: the same FLOPs for
@@ -54,6 +61,12 @@ flags.DEFINE_integer("repeats", None, "Timed repetitions per case (default 2; --
 flags.DEFINE_bool("warmup", None, "One untimed run per case first (default: only with --quick).")
 flags.DEFINE_bool("rss", None, "Measure peak RSS per case in a fresh subprocess (default: on, "
                   "off with --quick).")
+flags.DEFINE_enum("compiler_options", "recommended", ["recommended", "none"],
+                  "'recommended': compile every case with vdm.models.unet.xla_compiler_options() "
+                  "(as vdm.train does); 'none': XLA's defaults.")
+flags.DEFINE_bool("peer", True, "Also time the PyTorch per-t loop when torch and diffusers "
+                  "import (not with --quick).")
+flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads for the peer.")
 flags.DEFINE_string("out", None, "Also append the JSON lines to this file.")
 flags.DEFINE_string("single_case", None, "Internal: run one case once in this process and print "
                     "its peak RSS (used by the --rss subprocesses).")
@@ -130,14 +143,14 @@ def _random_params(model, x0):
 class Setup:
   """Model, parameters, data and diffusion shared by every case."""
 
-  def __init__(self, T, batch, size, unet):
+  def __init__(self, T, batch, size, unet, options):
     import jax
     import jax.numpy as jnp
     import numpy as np
     from vdm.diffusion import GaussianDiffusion, get_beta_schedule
     from vdm.models.unet import UNet
 
-    self.T, self.batch, self.size = T, batch, size
+    self.T, self.batch, self.size, self.options = T, batch, size, options
     self.model = UNet(**unet)
     shape = (batch, size, size, 3)
     v = np.random.RandomState(0).randint(0, 256, shape)
@@ -162,7 +175,7 @@ class CalcBpdCase:
     diffusion = s.make(chunk)
     fn = jax.jit(lambda p, x, k: diffusion.calc_bpd(s.model_fn, p, x, k))
     t0 = time.perf_counter()
-    self.compiled = fn.lower(s.params, s.x0, s.key).compile()
+    self.compiled = fn.lower(s.params, s.x0, s.key).compile(compiler_options=s.options)
     self.compile_s = time.perf_counter() - t0
     self.xla_temp_mb = self.compiled.memory_analysis().temp_size_in_bytes / 2**20
     self.args = (s.params, s.x0, s.key)
@@ -199,8 +212,9 @@ class LoopCase:
       return vb, xstart_mse, mse
 
     t0 = time.perf_counter()
-    self.step = jax.jit(one_t).lower(s.params, s.x0, s.key, jnp.int32(0)).compile()
-    self.prior = jax.jit(diffusion.prior_bpd).lower(s.x0).compile()
+    self.step = jax.jit(one_t).lower(s.params, s.x0, s.key, jnp.int32(0)).compile(
+        compiler_options=s.options)
+    self.prior = jax.jit(diffusion.prior_bpd).lower(s.x0).compile(compiler_options=s.options)
     self.compile_s = time.perf_counter() - t0
     self.step_flops = float(self.step.cost_analysis()["flops"])
     self.xla_temp_mb = self.step.memory_analysis().temp_size_in_bytes / 2**20
@@ -220,6 +234,41 @@ class LoopCase:
     return out
 
 
+class TorchLoopCase:
+  """The PyTorch peer: a per-t loop over diffusers.UNet2DModel of the same shape (no_grad)."""
+
+  def __init__(self, s: Setup, unet: dict, threads: int):
+    import numpy as np
+    import torch
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    self.name, self.chunk, self.compile_s, self.xla_temp_mb = "peer", None, 0.0, None
+    self.torch, self.T, self.threads = torch, s.T, threads
+    self.model = common.torch_unet(unet, (s.size, s.size, 3)).eval()
+    abar = np.cumprod(1.0 - np.asarray(s.betas, np.float64))
+    self.sqrt_abar = torch.tensor(np.sqrt(abar), dtype=torch.float32)
+    self.sqrt_1m_abar = torch.tensor(np.sqrt(1.0 - abar), dtype=torch.float32)
+    self.x0 = torch.from_numpy(np.asarray(s.x0)).permute(0, 3, 1, 2).contiguous()  # NCHW
+    self.num_params = sum(p.numel() for p in self.model.parameters())
+    self.version = f"torch {torch.__version__}"
+    with torch.no_grad():   # warm up (lazy initialization of the kernels) outside the timing
+      for _ in range(3):
+        self.model(self.x0, torch.zeros((self.x0.shape[0],), dtype=torch.long))
+
+  def run(self):
+    torch = self.torch
+    b = self.x0.shape[0]
+    gen = torch.Generator().manual_seed(1)
+    mse = []
+    with torch.no_grad():
+      for t in range(self.T):
+        noise = torch.randn(self.x0.shape, generator=gen)
+        x_t = self.sqrt_abar[t] * self.x0 + self.sqrt_1m_abar[t] * noise
+        eps = self.model(x_t, torch.full((b,), t, dtype=torch.long)).sample
+        mse.append(torch.mean((eps - noise) ** 2, dim=(1, 2, 3)))
+    return {"mse": torch.stack(mse, 1)}
+
+
 def _make_case(s, name):
   if name == "loop":
     return LoopCase(s)
@@ -229,6 +278,7 @@ def _make_case(s, name):
 def _peak_rss_subprocess(name, cfg):
   """Compile and run one case in a fresh process; returns (peak_rss_mb, baseline_rss_mb)."""
   cmd = [sys.executable, "-m", "experiments.bench_bound", f"--single_case={name}",
+         f"--compiler_options={FLAGS.compiler_options}",
          f"--num_timesteps={cfg['T']}", f"--batch={cfg['batch']}",
          f"--image_size={cfg['size']}", f"--quick={cfg['unet'] is UNET_QUICK}"]
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -241,8 +291,13 @@ def _measure_matmul_peak(n):
   return common.matmul_peak_gflops(n)[0]
 
 
+def _options():
+  from vdm.models.unet import xla_compiler_options
+  return xla_compiler_options() if FLAGS.compiler_options == "recommended" else {}
+
+
 def _single_case(cfg):
-  s = Setup(cfg["T"], cfg["batch"], cfg["size"], cfg["unet"])
+  s = Setup(cfg["T"], cfg["batch"], cfg["size"], cfg["unet"], _options())
   base = _rss_mb("VmRSS")
   case = _make_case(s, FLAGS.single_case)
   case.run()
@@ -257,14 +312,21 @@ def main(argv):
     return
   import numpy as np
 
-  env = _env_info()
-  s = Setup(cfg["T"], cfg["batch"], cfg["size"], cfg["unet"])
+  env = dict(_env_info(), compiler_options=FLAGS.compiler_options)
+  s = Setup(cfg["T"], cfg["batch"], cfg["size"], cfg["unet"], _options())
   peak = _measure_matmul_peak(512 if FLAGS.quick else 2048)
   _emit({"bench": "matmul_peak", "case": "2048^3" if not FLAGS.quick else "512^3", "batch": 1,
          "median_s": None, "images_per_s": None, "gflop_per_s": peak, **env})
 
   names = ["loop"] + [f"calc_bpd/chunk={c}" for c in cfg["chunks"]]
   cases = {n: _make_case(s, n) for n in names}
+  use_peer, why = (common.peer_available() if FLAGS.peer and not FLAGS.quick
+                   else (False, "--peer=False" if not FLAGS.peer else "--quick"))
+  if use_peer:
+    cases["peer"] = TorchLoopCase(s, cfg["unet"], FLAGS.torch_threads)
+    names.append("peer")
+  else:
+    _emit({"bench": "bound_peer", "skipped": f"PyTorch peer not run ({why})"})
   flops_per_bound = cases["loop"].step_flops * cfg["T"]
   times = {n: [] for n in names}
   results = {}
@@ -279,7 +341,20 @@ def main(argv):
 
   ref_total = np.asarray(results["loop"]["total_bpd"])
   loop_median = statistics.median(times["loop"])
+  peer_median = statistics.median(times["peer"]) if use_peer else None
   for n in names:
+    if n == "peer":
+      c, med = cases[n], statistics.median(times[n])
+      _emit({
+          "bench": "bound_peer",
+          "case": f"peer loop T={cfg['T']} {cfg['size']}x{cfg['size']}x3",
+          "method": "peer per-t loop (forward passes only)", "batch": cfg["batch"],
+          "num_timesteps": cfg["T"], "median_s": med, "min_s": min(times[n]),
+          "times_s": times[n], "s_per_image": med / cfg["batch"],
+          "images_per_s": cfg["batch"] / med, "gflop_per_s": flops_per_bound / med / 1e9,
+          "impl": f"{c.version}, diffusers.UNet2DModel, {c.threads} threads, no_grad",
+          "num_params": c.num_params, **env})
+      continue
     c = cases[n]
     med = statistics.median(times[n])
     rss, base = _peak_rss_subprocess(n, cfg) if cfg["rss"] else (None, None)
@@ -300,6 +375,7 @@ def main(argv):
         "gflop_per_s": flops_per_bound / med / 1e9,
         "matmul_peak_gflop_per_s": peak,
         "speedup_vs_loop": loop_median / med,
+        "speedup_vs_peer": peer_median / med if peer_median else None,
         "compile_s": c.compile_s,
         "xla_temp_mb": c.xla_temp_mb,
         "peak_rss_mb": rss,

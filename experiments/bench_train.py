@@ -181,24 +181,10 @@ class TorchStep:
   def __init__(self, case, batch, threads):
     import numpy as np
     import torch
-    from diffusers import UNet2DModel
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    cfg = CASES[case]
-    channels = tuple(cfg["ch"] * m for m in cfg["ch_mult"])
-    down, up = [], []
-    res = IMAGE[0]
-    for _ in channels:
-      down.append("AttnDownBlock2D" if res in cfg["attn_resolutions"] else "DownBlock2D")
-      res //= 2
-    up = [b.replace("Down", "Up") for b in reversed(down)]
-    self.model = UNet2DModel(
-      sample_size=IMAGE[0], in_channels=IMAGE[2], out_channels=IMAGE[2],
-      layers_per_block=cfg["num_res_blocks"], block_out_channels=channels,
-      down_block_types=tuple(down), up_block_types=tuple(up), norm_num_groups=32,
-      norm_eps=1e-6, dropout=cfg["dropout"], attention_head_dim=None,
-      freq_shift=1, flip_sin_to_cos=False)
+    self.model = common.torch_unet(CASES[case], IMAGE)
     self.model.train()
     self.num_params = sum(p.numel() for p in self.model.parameters())
     self.opt = torch.optim.Adam(self.model.parameters(), lr=2e-4)
@@ -225,15 +211,6 @@ class TorchStep:
     loss.backward()
     self.opt.step()
     return loss.detach().item()
-
-
-def _peer_available():
-  try:
-    import diffusers  # noqa: F401
-    import torch  # noqa: F401
-  except Exception as e:  # pragma: no cover - optional dependency
-    return False, f"{type(e).__name__}: {e}"
-  return True, ""
 
 
 def _time(fn):
@@ -302,7 +279,7 @@ def main(argv):
   peak_sizes = [int(s) for s in (FLAGS.peak_sizes or (["1024"] if quick else ["2048", "4096"]))]
   use_peer = FLAGS.peer
   if use_peer:
-    use_peer, why = _peer_available()
+    use_peer, why = common.peer_available()
     if not use_peer:
       _emit({"bench": "train_step_peer", "skipped": f"torch/diffusers unavailable ({why})"})
   from vdm.models.unet import xla_compiler_options

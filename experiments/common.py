@@ -139,3 +139,35 @@ def print_json(record: dict, out: str | None = None) -> None:
   if out:
     with open(out, "a") as f:
       f.write(line + "\n")
+
+
+# PyTorch peer of the benchmarks (optional: torch and diffusers are not dependencies).
+
+def peer_available():
+  """(True, '') when torch and diffusers import (the benchmarks' PyTorch peer), else (False, why)."""
+  try:
+    import diffusers  # noqa: F401
+    import torch  # noqa: F401
+  except Exception as e:  # optional dependency
+    return False, f"{type(e).__name__}: {e}"
+  return True, ""
+
+
+def torch_unet(cfg: dict, image):
+  """diffusers.UNet2DModel with the shape of our U-Net config `cfg` (ch, ch_mult,
+  num_res_blocks, attn_resolutions, dropout) on `image` (H, W, C): the PyTorch peer's model."""
+  from diffusers import UNet2DModel
+  channels = tuple(cfg["ch"] * m for m in cfg["ch_mult"])
+  down = []
+  res = image[0]
+  for _ in channels:
+    down.append("AttnDownBlock2D" if res in cfg["attn_resolutions"] else "DownBlock2D")
+    res //= 2
+  up = [b.replace("Down", "Up") for b in reversed(down)]
+  return UNet2DModel(
+    sample_size=image[0], in_channels=image[2], out_channels=image[2],
+    layers_per_block=cfg["num_res_blocks"], block_out_channels=channels,
+    down_block_types=tuple(down), up_block_types=tuple(up),
+    norm_num_groups=cfg.get("num_groups", 32),
+    norm_eps=1e-6, dropout=cfg["dropout"], attention_head_dim=None,
+    freq_shift=1, flip_sin_to_cos=False)
