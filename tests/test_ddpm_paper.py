@@ -19,6 +19,7 @@ import scipy.linalg
 
 from experiments import ddpm_paper as P
 from experiments import frechet
+from md_tables import table_rows
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -202,17 +203,6 @@ def smoke(tmp_path_factory):
   return tmp
 
 
-def _rows(text, first_header_cell):
-  lines = text.splitlines()
-  start = next(i for i, l in enumerate(lines) if l.startswith(f"| {first_header_cell}"))
-  rows = []
-  for line in lines[start + 2:]:
-    if not line.startswith("|"):
-      break
-    rows.append([c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)[1:-1]])
-  return rows
-
-
 def _head_ok(text, table):
   assert text.startswith(f"# DDPM (Ho et al. 2020) {table}")
   assert "python -m experiments.ddpm_paper" in text and "--table=" in text
@@ -229,7 +219,7 @@ def _finite(cell):
 def test_smoke_table2(smoke):
   text = (smoke / "r" / "ddpm_table2.md").read_text()
   _head_ok(text, "Table 2")
-  rows = _rows(text, "Objective")
+  rows = table_rows(text, "Objective (Ho et al. Table 2 row)")
   assert [r[0] for r in rows] == [r.objective for r in P.RUNS]
   for run, row in zip(P.RUNS, rows):
     assert row[2] == (f"{run.paper_fid:.2f}" if run.paper_fid else "— (unstable)")
@@ -252,7 +242,7 @@ def test_smoke_table1_and_reuse(smoke):
   path = smoke / "r" / "ddpm_table1.md"
   text = path.read_text()
   _head_ok(text, "Table 1")
-  rows = _rows(text, "Objective")
+  rows = table_rows(text, "Objective")
   assert [r[1] for r in rows] == ["≤ 3.70 (3.69)", "≤ 3.75 (3.72)"]
   assert rows[0][2] == P.NOT_RUN   # eps + L fixed was left out by --runs
   test, train = map(_finite, re.fullmatch(r"≤ (\S+) \((\S+)\)", rows[1][2]).groups())
@@ -269,7 +259,7 @@ def test_smoke_table1_and_reuse(smoke):
 def test_smoke_table4(smoke):
   text = (smoke / "r" / "ddpm_table4.md").read_text()
   _head_ok(text, "Table 4")
-  rows = _rows(text, "Paper: reverse step")
+  rows = table_rows(text, "Paper: reverse step (T = 1000)")
   assert [int(r[0]) for r in rows] == list(range(1000, 0, -100))
   assert [int(r[3]) for r in rows] == list(range(10, 0, -1))   # the same fractions of T = 10
   rates = [_finite(r[4]) for r in rows]
@@ -277,7 +267,7 @@ def test_smoke_table4(smoke):
   for r in rows:
     assert _finite(r[5]) >= 0 and _finite(r[6]) == pytest.approx(_finite(r[5]) * 255 / 16,
                                                                    abs=2e-3)
-  split = {r[0]: r for r in _rows(text, " |")}
+  split = {r[0]: r for r in table_rows(text, "")}
   rate = _finite(split["rate = L_T + ... + L_1 (bits/dim)"][2])
   dist = _finite(split["distortion = L_0 (bits/dim)"][2])
   total = _finite(split["total = rate + distortion (bits/dim)"][2])

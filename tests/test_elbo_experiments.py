@@ -6,13 +6,14 @@ import gzip
 import json
 import math
 import os
-import re
 import struct
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+
+from md_tables import table_rows  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,18 +28,6 @@ def run_ok(module, *flags):
   proc = run(module, *flags)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc
-
-
-def table_rows(text, first_header_cell):
-  """Data rows (lists of cells) of the Markdown table whose header starts with the given cell."""
-  lines = text.splitlines()
-  start = next(i for i, l in enumerate(lines) if l.startswith(f"| {first_header_cell} |"))
-  rows = []
-  for line in lines[start + 2:]:
-    if not line.startswith("|"):
-      break
-    rows.append([c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]])
-  return rows
 
 
 def test_elbo_gap_smoke(tmp_path):

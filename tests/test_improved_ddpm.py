@@ -20,7 +20,6 @@ None of these tests checks the scientific result (that is the experiment's job).
 import json
 import math
 import os
-import re
 import subprocess
 import sys
 
@@ -30,6 +29,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from md_tables import table  # noqa: E402
 from experiments import improved_ddpm as E  # noqa: E402  (no flags defined at import)
 
 ALL_RUNS = ["linear_simple", "linear_hybrid", "linear_vlb", "cosine_simple", "cosine_hybrid",
@@ -66,18 +66,6 @@ def run_script(*flags, timeout=600):
   assert proc.returncode == 0, proc.stderr[-4000:]
   return proc
 
-
-def table(text, first_header_cell):
-  """(headers, rows) of the Markdown table whose header starts with the given cell."""
-  lines = text.splitlines()
-  start = next(i for i, l in enumerate(lines) if l.startswith(f"| {first_header_cell} |"))
-  split = lambda line: [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
-  rows = []
-  for line in lines[start + 2:]:
-    if not line.startswith("|"):
-      break
-    rows.append(split(line))
-  return split(lines[start]), rows
 
 
 def as_dict(headers, row):

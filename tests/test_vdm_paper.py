@@ -12,24 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from md_tables import numbers as _numbers, table_rows as _table  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from experiments import vdm_paper as P  # noqa: E402  (flags are defined only as a script)
-
-
-def _table(text, first_header_cell):
-  lines = text.splitlines()
-  start = next(i for i, l in enumerate(lines) if l.startswith(f"| {first_header_cell} |"))
-  rows = []
-  for line in lines[start + 2:]:
-    if not line.startswith("|"):
-      break
-    rows.append([c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]])
-  return rows
-
-
-def _numbers(cell):
-  return [float(v) for v in re.findall(r"[-+]?\d+\.\d+(?:e[-+]?\d+)?", cell)]
 
 
 def test_smoke_whole_script(tmp_path):
