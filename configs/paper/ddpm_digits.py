@@ -44,7 +44,7 @@ The `paper` group (read by experiments/ddpm_paper.py only):
 """
 import ml_collections
 
-from configs import cifar10_ddpm
+from configs import cifar10_ddpm, paper
 from configs.datasets import digits
 
 SCALES = ("cpu", "full")
@@ -95,23 +95,6 @@ def get_config(scale: str = "cpu") -> ml_collections.ConfigDict:
   d.var_type = "fixed_large"       # set per run
   d.loss_type = "mse"              # set per run
   d.t_chunk_size = 50              # 4 chunks of 50 timesteps in the bound
-  o = config.optimizer
-  o.name = "adam"
-  o.learning_rate = 1e-3
-  o.warmup_steps = 100
-  o.grad_clip = 1.0
-  o.ema_rate = 0.995
-  t = config.training
-  t.num_steps = 1000
-  t.batch_size = 64
-  t.substeps = 1
-  t.steps_per_log = 50
-  t.steps_per_eval = t.num_steps   # one evaluation, at the end (keep equal to num_steps)
-  t.steps_per_save = 500
-  t.num_devices = 1
-  e = config.eval
-  e.batch_size = 99                # 297 = 3 x 99 test images: no padding
-  e.num_examples = 0               # the whole test split
-  e.num_samples = 0                # the experiment draws its own samples
+  paper.cpu_schedule(config, num_steps=1000, steps_per_log=50)
   config.paper = _paper_group(full=False)
   return config

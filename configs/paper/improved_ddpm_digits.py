@@ -16,6 +16,7 @@ the end, with the EMA parameters on all 297 test images. The values were chosen 
 whole table of runs fits in about an hour here; override any of them on the command line,
 e.g. --config.training.num_steps=500.
 """
+from configs import paper
 from configs.datasets import digits
 
 
@@ -34,22 +35,6 @@ def get_config():
   d.hybrid_lambda = 0.001          # Nichol & Dhariwal Sec. 3.1
   d.timestep_sampler = "uniform"   # set per run: importance for L_vlb
   d.t_chunk_size = 50
-  o = config.optimizer
-  o.name = "adam"
-  o.learning_rate = 1e-3
-  o.warmup_steps = 100
-  o.grad_clip = 1.0
-  o.ema_rate = 0.995
-  t = config.training
-  t.num_steps = 2000
-  t.batch_size = 64
-  t.substeps = 1
-  t.steps_per_log = 10             # dense loss curves (the L_vlb noise comparison)
-  t.steps_per_eval = t.num_steps   # one evaluation, at the end
-  t.steps_per_save = 500
-  t.num_devices = 1
-  e = config.eval
-  e.batch_size = 99                # 297 = 3 x 99 test images: no padding
-  e.num_examples = 0               # the whole test split
-  e.num_samples = 0                # no sample grids (T-step ancestral sampling costs minutes)
+  # steps_per_log 10: dense loss curves (the L_vlb noise comparison).
+  paper.cpu_schedule(config, num_steps=2000, steps_per_log=10)
   return config

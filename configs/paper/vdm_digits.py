@@ -31,7 +31,7 @@ Experiment fields (config.experiment):
 """
 import ml_collections
 
-from configs import digits_vdm
+from configs import digits_vdm, paper
 
 
 def get_config():
@@ -46,17 +46,7 @@ def get_config():
   v.gamma_min, v.gamma_max = -13.3, 5.0
   v.num_timesteps = 0                 # trained in continuous time
   v.antithetic = True
-  o = config.optimizer
-  o.name, o.learning_rate, o.warmup_steps = "adam", 1e-3, 100
-  o.grad_clip, o.ema_rate = 1.0, 0.995
-  t = config.training
-  t.num_steps, t.batch_size, t.substeps = 3000, 64, 1
-  t.steps_per_log = 20                # dense training-loss curves for the figure
-  t.steps_per_eval = t.num_steps      # one evaluation, at the end
-  t.steps_per_save = 500
-  t.num_devices = 1
-  e = config.eval
-  e.batch_size, e.num_examples, e.num_samples = 99, 0, 0
+  paper.cpu_schedule(config, num_steps=3000, steps_per_log=20)   # dense loss curves
 
   config.experiment = x = ml_collections.ConfigDict()
   x.discrete_T = (10, 100, 1000)
