@@ -33,7 +33,8 @@ importing and building the model, before compiling), the compile
 time, and `speedup_vs_loop` = median(loop) / median(case). A `matmul_peak` line gives the float32
 jnp.dot throughput measured in the same run, for scale.
 
-Output: one JSON object per line (also appended to --out if given).
+Output: one JSON object per line (also appended to --out if given), and (not with --quick) a
+table with the goals of the issue in results/bench_bound.md (`--output`).
 """
 from __future__ import annotations
 
@@ -67,6 +68,8 @@ flags.DEFINE_enum("compiler_options", "recommended", ["recommended", "none"],
 flags.DEFINE_bool("peer", True, "Also time the PyTorch per-t loop when torch and diffusers "
                   "import (not with --quick).")
 flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads for the peer.")
+flags.DEFINE_string("output", None, "Markdown report (default results/bench_bound.md; none "
+                    "with --quick unless given).")
 flags.DEFINE_string("out", None, "Also append the JSON lines to this file.")
 flags.DEFINE_string("single_case", None, "Internal: run one case once in this process and print "
                     "its peak RSS (used by the --rss subprocesses).")
@@ -312,6 +315,7 @@ def main(argv):
     return
   import numpy as np
 
+  timer, rows = common.Timer(), []
   env = dict(_env_info(), compiler_options=FLAGS.compiler_options)
   s = Setup(cfg["T"], cfg["batch"], cfg["size"], cfg["unet"], _options())
   peak = _measure_matmul_peak(512 if FLAGS.quick else 2048)
@@ -344,7 +348,7 @@ def main(argv):
   for n in names:
     if n == "peer":
       c, med = cases[n], statistics.median(times[n])
-      _emit({
+      peer_row = {
           "bench": "bound_peer",
           "case": f"peer loop T={cfg['T']} {cfg['size']}x{cfg['size']}x3",
           "method": "peer per-t loop (forward passes only)", "batch": cfg["batch"],
@@ -352,13 +356,15 @@ def main(argv):
           "times_s": times[n], "s_per_image": med / cfg["batch"],
           "images_per_s": cfg["batch"] / med, "gflop_per_s": flops_per_bound / med / 1e9,
           "impl": f"{c.version}, diffusers.UNet2DModel, {c.threads} threads, no_grad",
-          "num_params": c.num_params, **env})
+          "num_params": c.num_params, **env}
+      _emit(peer_row)
+      rows.append(peer_row)
       continue
     c = cases[n]
     med = statistics.median(times[n])
     rss, base = _peak_rss_subprocess(n, cfg) if cfg["rss"] else (None, None)
     total = np.asarray(results[n]["total_bpd"])
-    _emit({
+    row = {
         "bench": BENCH,
         "case": f"{n} T={cfg['T']} {cfg['size']}x{cfg['size']}x3",
         "method": "loop" if n == "loop" else "calc_bpd",
@@ -385,7 +391,67 @@ def main(argv):
         "num_params": s.num_params,
         "quick": FLAGS.quick,
         **env,
-    })
+    }
+    _emit(row)
+    rows.append(row)
+  if FLAGS.output is None and not FLAGS.quick:
+    FLAGS.output = os.path.join(common.RESULTS, "bench_bound.md")
+  if FLAGS.output:
+    report(rows, cfg, peak, timer.seconds)
+
+
+PEER_REFERENCE_S = 59.0   # the issue's PyTorch per-t loop, T = 1000, batch 8, this machine
+
+
+def report(rows, cfg, peak, seconds):
+  """The Markdown table of the cases, and the issue's goals."""
+  table = []
+  for r in rows:
+    ours = r["bench"] == BENCH
+    table.append([
+        r["method"] + (f", chunk {r['t_chunk_size']}" if r.get("t_chunk_size") else ""),
+        f"{r['median_s']:.1f}", f"{r['s_per_image']:.2f}", f"{r['gflop_per_s']:.1f}",
+        f"{r['speedup_vs_loop']:.2f}x" if ours else "-",
+        f"{r['speedup_vs_peer']:.2f}x" if ours and r.get("speedup_vs_peer") else "-",
+        f"{r['xla_temp_mb']:.0f}" if ours else "-",
+        f"{r['peak_rss_mb']:.0f}" if ours and r["peak_rss_mb"] else "-"])
+  best = min((r for r in rows if r["bench"] == BENCH and r["method"] == "calc_bpd"),
+             key=lambda r: r["median_s"])
+  peer = next((r for r in rows if r["bench"] == "bound_peer"), None)
+  lines = [
+      f"The full DDPM bound (all T = {cfg['T']} terms, prior, x0 and eps errors) of a batch of "
+      f"{cfg['batch']} random {cfg['size']}x{cfg['size']}x3 images under the U-Net "
+      f"{json.dumps(cfg['unet'])} ({best['num_params'] / 1e6:.2f}M parameters); median of "
+      f"{cfg['repeats']} alternating repetitions. GFLOP/s: XLA's count of one step times T "
+      f"(the same for every case); float32 matmul peak measured in the same run: {peak:.1f} "
+      f"GFLOP/s. xla temp = the compiled executable's scratch memory (what the chunk size "
+      f"bounds); peak RSS = a fresh process compiling and running that case. Compiler options: "
+      f"{FLAGS.compiler_options}. 1-minute load average at the end: {common.loadavg():.1f} "
+      f"(2 cores).",
+      "",
+      common.markdown_table(["case", "s per batch", "s per image", "GFLOP/s", "vs loop",
+                             "vs PyTorch peer", "xla temp (MB)", "peak RSS (MB)"], table),
+      "",
+      "Goals (issue 3):",
+      "",
+      f"- calc_bpd at least 3x faster than the per-t loop: best {best['speedup_vs_loop']:.2f}x "
+      f"(chunk {best['t_chunk_size']}): {'met' if best['speedup_vs_loop'] >= 3 else 'not met'}.",
+  ]
+  if (cfg["T"], cfg["batch"], cfg["size"], cfg["unet"]) == (1000, 8, 32, UNET):
+    lines.append(
+      f"- at most half of the PyTorch per-t loop's {PEER_REFERENCE_S:.0f} s per batch quoted in "
+      f"the issue ({PEER_REFERENCE_S / 2:.1f} s): {best['median_s']:.1f} s: "
+      f"{'met' if best['median_s'] <= PEER_REFERENCE_S / 2 else 'not met'}"
+      + (f"; against the peer measured in this run ({peer['median_s']:.1f} s): "
+         f"{peer['median_s'] / best['median_s']:.2f}x." if peer else "."))
+  elif peer:
+    lines.append(f"- against the PyTorch peer measured in this run ({peer['median_s']:.1f} s): "
+                 f"{peer['median_s'] / best['median_s']:.2f}x (the issue's 59 s reference is "
+                 f"for T = 1000, batch 8, 32x32x3).")
+  name = os.path.splitext(os.path.basename(FLAGS.output))[0]
+  common.write_result(name, "The full DDPM bound: calc_bpd against a per-timestep loop",
+                      "\n".join(lines), seconds=seconds,
+                      results_dir=os.path.dirname(FLAGS.output) or ".")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ torch.optim.Adam, same loss) is timed in the same run, alternating with ours rep
 repetition, and the ratio is printed.
 
 Output: one JSON object per line: `bench` = `matmul_peak`, `train_step` (ours), `train_step_peer`
-(PyTorch) or `train_step_ratio`.
+(PyTorch) or `train_step_ratio`; and (not with --quick) a table with the goals of the issue in
+results/bench_train.md (`--output`).
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ from experiments import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("quick", False, "Short run: the small shape at batch 8, one repetition.")
+flags.DEFINE_string("output", None, "Markdown report (default results/bench_train.md; none with "
+                    "--quick unless given).")
 flags.DEFINE_list("cases", None, "Cases to run: small, cifar10 (default: both; --quick: small).")
 flags.DEFINE_list("batches", None, "Batch sizes for every case (default: small 8,32; cifar10 8; "
          "--quick: 8).")
@@ -236,6 +239,7 @@ def run_case(case, batch, reps, peak, use_peer, dtype, torch_threads, compiler_o
       w, c = _time(peer.run)
       pts.append(w), pcs.append(c)
   info = _env_info()
+  emitted = []
   med = common.median(ts)
   row = {"bench": "train_step", "case": case, "batch": batch, "impl": "jax",
      "dtype": dtype, "conv_impl": conv_impl, "compiler_options": compiler_options, "median_s": med, "times_s": ts, "images_per_s": batch / med,
@@ -245,6 +249,7 @@ def run_case(case, batch, reps, peak, use_peer, dtype, torch_threads, compiler_o
      "cpu_s_per_step": common.median(cs), "compile_s": ours.compile_s,
      "num_params": int(ours.num_params), **info}
   _emit(row)
+  emitted.append(row)
   if peer is not None:
     pmed = common.median(pts)
     _emit({"bench": "train_step_peer", "case": case, "batch": batch,
@@ -256,13 +261,60 @@ def run_case(case, batch, reps, peak, use_peer, dtype, torch_threads, compiler_o
        "gflop_per_s": ours.flops / pmed / 1e9, "peak_gflop_per_s": peak,
        "frac_of_peak": ours.flops / pmed / 1e9 / peak,
        "cpu_s_per_step": common.median(pcs), "num_params": int(peer.num_params), **info})
-    _emit({"bench": "train_step_ratio", "case": case, "batch": batch,
+    ratio = {"bench": "train_step_ratio", "case": case, "batch": batch,
        "median_s": med, "peer_median_s": pmed,
        "speedup_vs_peer": pmed / med, "images_per_s": batch / med,
        "gflop_per_s": ours.flops / med / 1e9, "peak_gflop_per_s": peak,
        "frac_of_peak": ours.flops / med / 1e9 / peak,
        "per_rep_speedup": [p / o for p, o in zip(pts, ts)],
-       "paired_speedup_median": common.median([p / o for p, o in zip(pts, ts)]), **info})
+       "paired_speedup_median": common.median([p / o for p, o in zip(pts, ts)]), **info}
+    _emit(ratio)
+    emitted.append(ratio)
+  return emitted
+
+
+def report(rows, peak, seconds):
+  """The Markdown table of the train-step rows (ours, and the peer's ratio where it ran)."""
+  ratios = {(r["case"], r["batch"]): r for r in rows if r["bench"] == "train_step_ratio"}
+  ours = [r for r in rows if r["bench"] == "train_step"]
+  table = []
+  for r in ours:
+    q = ratios.get((r["case"], r["batch"]))
+    table.append([r["case"], r["batch"], f"{r['num_params'] / 1e6:.2f}M",
+                  f"{1e3 * r['median_s']:.0f}", f"{1e3 * q['peer_median_s']:.0f}" if q else "-",
+                  f"{q['paired_speedup_median']:.2f}x" if q else "-",
+                  f"{r['images_per_s']:.1f}", f"{r['gflop_per_s']:.1f}",
+                  f"{r['frac_of_peak']:.0%}"])
+  lines = [
+      "One Adam step of L_simple (value_and_grad + optax.adam, dropout on), median of "
+      "alternating repetitions; the peer is PyTorch with diffusers.UNet2DModel of the same "
+      "shape, 2 threads (when torch and diffusers import). GFLOP/s from XLA's cost analysis of "
+      f"our step (the peer's rate uses the same FLOP count); float32 matmul peak measured in the "
+      f"same run: {peak:.1f} GFLOP/s. Timings on this shared machine drift 20-50% between runs: "
+      "the ratios come from alternating repetitions (median of the per-repetition ratios). "
+      f"1-minute load average at the end: {common.loadavg():.1f} (2 cores).",
+      "",
+      common.markdown_table(["shape", "batch", "parameters", "ours (ms/step)",
+                             "PyTorch peer (ms/step)", "speedup vs peer", "ours images/s",
+                             "ours GFLOP/s", "% of matmul peak"], table),
+      "",
+      "Goals (issue 4): our step at least as fast as the peer on both shapes; above 50% of the "
+      "matmul peak on the CIFAR-10 shape.",
+      "",
+  ]
+  for r in ours:
+    q = ratios.get((r["case"], r["batch"]))
+    if q:
+      sp = q["paired_speedup_median"]
+      lines.append(f"- {r['case']}, batch {r['batch']}: {sp:.2f}x the peer "
+                   f"({'met' if sp >= 1.0 else 'not met'}).")
+    if r["case"] == "cifar10":
+      lines.append(f"- cifar10, batch {r['batch']}: {r['frac_of_peak']:.0%} of the matmul peak "
+                   f"({'met' if r['frac_of_peak'] > 0.5 else 'not met'}).")
+  name = os.path.splitext(os.path.basename(FLAGS.output))[0]
+  common.write_result(name, "Train-step speed: vdm's U-Net against PyTorch",
+                      "\n".join(lines), seconds=seconds,
+                      results_dir=os.path.dirname(FLAGS.output) or ".")
 
 
 def main(argv):
@@ -284,6 +336,7 @@ def main(argv):
       _emit({"bench": "train_step_peer", "skipped": f"torch/diffusers unavailable ({why})"})
   from vdm.models.unet import xla_compiler_options
   compiler_options = xla_compiler_options() if FLAGS.compiler_options == "recommended" else {}
+  timer, rows = common.Timer(), []
   peak = measure_matmul_peak(peak_sizes, reps=2 if quick else 5)
   for case in cases:
     batches = ([int(b) for b in FLAGS.batches] if FLAGS.batches
@@ -291,8 +344,12 @@ def main(argv):
     for batch in batches:
       if not quick:  # the best peak seen so far (sharing the cores only lowers it)
         peak = max(peak, measure_matmul_peak(peak_sizes[:1], reps=5))
-      run_case(case, batch, reps, peak, use_peer, FLAGS.dtype, FLAGS.torch_threads,
-          compiler_options, FLAGS.conv_impl)
+      rows += run_case(case, batch, reps, peak, use_peer, FLAGS.dtype, FLAGS.torch_threads,
+                       compiler_options, FLAGS.conv_impl)
+  if FLAGS.output is None and not quick:
+    FLAGS.output = os.path.join(common.RESULTS, "bench_train.md")
+  if FLAGS.output:
+    report(rows, peak, timer.seconds)
 
 
 if __name__ == "__main__":
