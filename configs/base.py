@@ -57,6 +57,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   f.timestep_sampler = "uniform"  # uniform | importance
   f.decoder_approx = ml_collections.config_dict.placeholder(str)  # None (exact) | "tanh"
   f.clip_denoised = True      # clip x0 predictions when sampling
+  f.clip_bound = False        # also inside the bound (as the DDPM / improved-diffusion eval code)
   f.t_chunk_size = 50         # timesteps per chunk in calc_bpd
 
   # VDM (model.objective = 'vdm').

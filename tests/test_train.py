@@ -298,3 +298,31 @@ def test_bad_configs_fail_before_training(tmp_path):
   with pytest.raises(ValueError, match="steps_per_log=2 must be a multiple of"):
     train.train_and_evaluate(config, str(tmp_path / "f"))
   assert not os.path.exists(tmp_path / "a" / "checkpoints")
+
+
+def test_clip_bound_option_clips_x0_inside_the_bound():
+  """diffusion.clip_bound=True: the objective's bound is calc_bpd with clip_denoised=True (the
+  DDPM / improved-diffusion evaluation protocol); False (default): unclipped. Continuous data
+  refuse it."""
+  import jax.numpy as jnp
+  config = digits_config()
+  config.diffusion.num_timesteps, config.diffusion.t_chunk_size = 8, 8
+  obj, _ = _objective_and_optimizer(config)
+  assert not obj.clip_bound
+  config.diffusion.clip_bound = True
+  clipped, _ = _objective_and_optimizer(config)
+  assert clipped.clip_bound
+  params = obj.init(jax.random.PRNGKey(0))
+  x = jnp.asarray(np.random.RandomState(0).randint(0, 17, (3, 8, 8, 1)) / 8.0 - 1.0, jnp.float32)
+  key = jax.random.PRNGKey(1)
+  d = obj.diffusion
+  for o, clip in ((obj, False), (clipped, True)):
+    got = o.bound(params, x, key)
+    want = d.calc_bpd(o.model_fn, params, x, key, clip_denoised=clip)
+    np.testing.assert_allclose(got["total_bpd"], want["total_bpd"], rtol=1e-6)
+  # Clipping changes the bound of an untrained network (its x0 predictions leave [-1, 1]).
+  assert np.abs(obj.bound(params, x, key)["vb"] - clipped.bound(params, x, key)["vb"]).max() > 1e-3
+  config = toy_config()
+  config.diffusion.clip_bound = True
+  with pytest.raises(ValueError, match=r"clip_bound=True .* continuous \(allowed: False\)"):
+    _objective_and_optimizer(config)

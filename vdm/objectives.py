@@ -108,6 +108,10 @@ class DDPMObjective:
   data_shape: tuple
   timestep_sampler: str = "uniform"
   clip_denoised: bool = True
+  # Clip pred_x0 to [-1, 1] inside the bound as well (the reverse process's mean is then that of
+  # the clipped prediction: still a valid bound). The DDPM and improved-diffusion evaluation
+  # code do (calc_bpd_loop(clip_denoised=True)); the default keeps the unclipped network.
+  clip_bound: bool = False
   num_levels: Optional[int] = None   # K of the stored data (None: continuous vectors)
   dequantize: bool = False           # uniform dequantization (the bound then adds offset_bpd)
   offset_bpd: float = 0.0
@@ -167,7 +171,7 @@ class DDPMObjective:
 
   def bound(self, params, x, key):
     """The full bound per example: dict total_bpd [B], prior_bpd [B], vb/xstart_mse/mse [B, T]."""
-    out = self.diffusion.calc_bpd(self.model_fn, params, x, key, clip_denoised=False)
+    out = self.diffusion.calc_bpd(self.model_fn, params, x, key, clip_denoised=self.clip_bound)
     if self.offset_bpd:
       out = dict(out, total_bpd=out["total_bpd"] + self.offset_bpd)
     return out
@@ -175,6 +179,15 @@ class DDPMObjective:
   def sample(self, params, key, n: int):
     return self.diffusion.p_sample_loop(self.model_fn, params, (n,) + tuple(self.data_shape), key,
                                         clip_denoised=self.clip_denoised)
+
+
+def _clip_bound(d, levels) -> bool:
+  """diffusion.clip_bound, allowed only for data on [-1, 1] (discrete levels)."""
+  clip = bool(d.get("clip_bound", False))
+  if clip and levels is None:
+    raise ValueError("diffusion.clip_bound=True clips x0 predictions to [-1, 1] and needs data "
+                     "on K levels in [-1, 1]; this data set is continuous (allowed: False)")
+  return clip
 
 
 def build_objective(config, data_shape: tuple, num_levels: Optional[int]):
@@ -205,6 +218,7 @@ def build_objective(config, data_shape: tuple, num_levels: Optional[int]):
     net = build_denoiser(config.model, data_shape, out_channels)
     return DDPMObjective(diffusion, net, data_shape, sampler,
                          clip_denoised=d.get("clip_denoised", True) and levels is not None,
+                         clip_bound=_clip_bound(d, levels),
                          num_levels=num_levels, dequantize=dequantize, offset_bpd=offset)
   return build_vdm_objective(config, data_shape, num_levels, dequantize, offset)
 
