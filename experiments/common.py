@@ -132,6 +132,16 @@ def write_result(name: str, title: str, body: str, seconds: float | None = None,
   return path
 
 
+def save_figure(fig, path: str, dpi: int = 110) -> str:
+  """Lay out, write (creating the directory) and close a matplotlib figure; returns path."""
+  import matplotlib.pyplot as plt
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=dpi)
+  plt.close(fig)
+  return path
+
+
 def print_json(record: dict, out: str | None = None) -> None:
   """One JSON object per line (benchmarks), printed and optionally appended to `out`."""
   line = json.dumps(record)

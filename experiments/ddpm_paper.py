@@ -560,11 +560,7 @@ def plot_samples(path: str, samples: dict, real, num_levels: int) -> Optional[st
               cmap="gray", interpolation="nearest")
     ax.set_title(title, fontsize=8)
     ax.axis("off")
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return common.save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -740,11 +736,7 @@ def plot_rate_distortion(path: str, rd: dict, K: int) -> Optional[str]:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
   fig.suptitle("DDPM progressive lossy decoding (Ho et al. Fig. 5): test split")
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return common.save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -349,10 +349,7 @@ def plot(path: str, records: dict, num_steps: int) -> bool:
   ax.set_ylabel("per-batch L_vlb estimate (bits/dim)")
   ax.set_title("L_vlb training loss: importance vs uniform timesteps")
   ax.legend(fontsize=7)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  common.save_figure(fig, path)
   return True
 
 

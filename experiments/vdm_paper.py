@@ -310,10 +310,7 @@ def gamma_curves_figure(path: str, learned_fn, learned_params, fixed_ends, ends,
   ax.set_yscale("log")
   ax.set_title("training loss (continuous-time bound estimate)")
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  return common.save_figure(fig, path, dpi=100)
 
 
 def verdict(ok: bool) -> str:
