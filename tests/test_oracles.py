@@ -242,14 +242,14 @@ def _setting(D=2, K=3, T=3):
 def _path_table(dd, params):
   """Brute force in NumPy: q(x_{1:T} | x0) and log p(x_{0:T}) for every x0 and every path,
   as arrays [S(x0), S^T] over joint-state paths (x_1 slowest)."""
-  S_, T = dd.num_states, dd.num_steps
-  q1 = np.asarray(O.uniform_transition_matrices(np.asarray(dd.betas), dd.num_categories))
-  Qj = []
-  for q in q1:
-    m = np.ones((1, 1))
-    for _ in range(dd.num_vars):
-      m = np.kron(m, q)
-    Qj.append(m)
+  S_, T, K = dd.num_states, dd.num_steps, dd.num_categories
+  # Joint kernel from its definition: every variable independently keeps its value with
+  # probability 1 - beta and is redrawn uniformly with probability beta (joint states in
+  # row-major order over the variables, x_1 slowest).
+  digits = np.indices((K,) * dd.num_vars).reshape(dd.num_vars, -1).T   # [S, D]
+  same = digits[:, None, :] == digits[None, :, :]                       # [S, S, D]
+  Qj = [np.prod(np.where(same, 1.0 - b + b / K, b / K), axis=-1) for b in dd.betas]
+  np.testing.assert_allclose(dd.transition_matrices(), np.stack(Qj), rtol=0, atol=1e-15)
   lp_T = np.asarray(jax.nn.log_softmax(params["prior_logits"]))
   lP = np.asarray(jax.nn.log_softmax(params["reverse_logits"], axis=-1))
   paths = np.indices((S_,) * T).reshape(T, -1).T          # [S^T, T]: x_1 .. x_T
