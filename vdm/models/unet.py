@@ -15,6 +15,8 @@ attn_resolutions=(16,), dropout=0.1) has 35.7M parameters, as in the paper.
 """
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -111,11 +113,95 @@ class Conv3x3(nn.Module):
     return y + bias.astype(self.dtype)
 
 
+def _group_stats(x, num_groups: int, epsilon: float):
+  """Per-example, per-group mean and 1/std of x [B, ..., C]: ([B, G], [B, G]).
+
+  Reduced in two stages, over the positions per channel ([B, C]) and then over the K channels of
+  each group, because XLA:CPU reduces [B, H, W, C] -> [B, C] several times faster than
+  [B, H, W, G, K] -> [B, G] when K > 1. Variance E[x^2] - E[x]^2, floored at 0, as flax's.
+  """
+  b, c = x.shape[0], x.shape[-1]
+  k = c // num_groups
+  axes = tuple(range(1, x.ndim - 1))
+  mean = jnp.mean(x, axis=axes).reshape(b, num_groups, k).mean(-1)
+  mean_sq = jnp.mean(x * x, axis=axes).reshape(b, num_groups, k).mean(-1)
+  return mean, jax.lax.rsqrt(jnp.maximum(mean_sq - mean * mean, 0.0) + epsilon)
+
+
+def _per_channel(v, x):
+  """[B, G] -> [B, 1, ..., 1, C], each group's value repeated over its C / G channels."""
+  b, c = x.shape[0], x.shape[-1]
+  return jnp.repeat(v, c // v.shape[1], axis=1).reshape((b,) + (1,) * (x.ndim - 2) + (c,))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def group_norm(x, scale, bias, num_groups: int, epsilon: float = 1e-6):
+  """Group normalization (Wu and He 2018, eqs. 1-3): x [B, ..., C] -> [B, ..., C].
+
+  Each example's channels are split into num_groups groups of K = C / num_groups; each group is
+  normalized by the mean and variance over its K channels and all positions, then scaled and
+  shifted per channel: y = (x - mu) / sqrt(sigma^2 + epsilon) * scale + bias; scale, bias [C].
+  The same function as flax's nn.GroupNorm. The gradient is written out (`_group_norm_bwd`) so
+  that forward and backward each reduce only [B, ..., C] -> [B, C]; on the machine of
+  experiments/bench_train.py this made the small U-Net's forward pass 15% and its Adam step 5%
+  faster than with nn.GroupNorm (same parameters and values). Being a `jax.custom_vjp`, it
+  supports reverse-mode differentiation (grad, vjp) but not forward mode (jvp).
+  """
+  return _group_norm_fwd(x, scale, bias, num_groups, epsilon)[0]
+
+
+def _group_norm_fwd(x, scale, bias, num_groups, epsilon):
+  c = x.shape[-1]
+  if c % num_groups:
+    raise ValueError(f"channels C={c} must be divisible by num_groups={num_groups}")
+  mean, rstd = _group_stats(x, num_groups, epsilon)
+  y = (x - _per_channel(mean, x)) * (_per_channel(rstd, x) * scale) + bias
+  return y, (x, scale, mean, rstd)
+
+
+def _group_norm_bwd(num_groups, epsilon, res, dy):
+  """Gradients of y = xhat * scale + bias, xhat = (x - mu_g) * rstd_g.
+
+  With g = dy * scale and <.>_g the mean over a group's positions and channels (n elements):
+  dx = rstd_g * (g - <g>_g - xhat <g xhat>_g), d scale = sum dy xhat, d bias = sum dy
+  (the sums over examples and positions). Two [B, ..., C] -> [B, C] reductions in all.
+  """
+  x, scale, mean, rstd = res
+  b, c = x.shape[0], x.shape[-1]
+  k = c // num_groups
+  axes = tuple(range(1, x.ndim - 1))
+  n = k * math.prod(x.shape[1:-1])
+  xhat = (x - _per_channel(mean, x)) * _per_channel(rstd, x)
+  s1 = jnp.sum(dy, axis=axes)            # [B, C]
+  s2 = jnp.sum(dy * xhat, axis=axes)     # [B, C]
+  m1 = (s1 * scale).reshape(b, num_groups, k).sum(-1) / n   # <g>_g       [B, G]
+  m2 = (s2 * scale).reshape(b, num_groups, k).sum(-1) / n   # <g xhat>_g  [B, G]
+  dx = _per_channel(rstd, x) * (dy * scale - _per_channel(m1, x) - xhat * _per_channel(m2, x))
+  return dx, s2.sum(0), s1.sum(0)
+
+
+group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
+
+
+class _GroupNorm(nn.Module):
+  """`group_norm` with parameters scale [C] (ones) and bias [C] (zeros), named as flax's."""
+
+  num_groups: int
+  epsilon: float
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (c,))
+    bias = self.param("bias", nn.initializers.zeros, (c,))
+    return group_norm(x, scale, bias, self.num_groups, self.epsilon)
+
+
 class GroupNorm32(nn.Module):
   """GroupNorm whose statistics are computed in float32 whatever the compute dtype.
 
-  Input [..., C] with C divisible by num_groups; output in `dtype`. Parameters: scale [C],
-  bias [C].
+  Input [B, ..., C] with C divisible by num_groups; output in `dtype`. Parameters: scale [C],
+  bias [C] (under the submodule name nn.GroupNorm would have, GroupNorm_0).
   """
 
   num_groups: int = 32
@@ -124,8 +210,8 @@ class GroupNorm32(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    return nn.GroupNorm(num_groups=self.num_groups, epsilon=self.epsilon,
-              dtype=jnp.float32)(x.astype(jnp.float32)).astype(self.dtype)
+    y = _GroupNorm(self.num_groups, self.epsilon, name="GroupNorm_0")(x.astype(jnp.float32))
+    return y.astype(self.dtype)
 
 
 class ResnetBlock(nn.Module):
