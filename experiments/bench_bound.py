@@ -16,7 +16,8 @@ Cases, alternated repetition by repetition in one process:
   jitted computation, c timesteps (c * B images) per model call, chunks visited by lax.map.
 Both draw the noise of timestep t from fold_in(key, t), so they compute the same numbers
 (`max_abs_diff_total_bpd` checks it). Both are compiled with the same XLA options
-(`--compiler_options`, by default `vdm.models.unet.xla_compiler_options()`, as the trainer).
+(`--compiler_options`, by default `vdm.models.unet.xla_compiler_options(purpose="eval")`, as
+the trainer compiles its bound evaluation).
 - `peer`: when torch and diffusers import (`--peer`), the PyTorch reference: the same per-t loop
   with diffusers.UNet2DModel of the same shape (experiments/common.torch_unet), 2 threads,
   no_grad, eval mode: q_sample, the forward pass and the eps error at each t. It omits the
@@ -63,8 +64,9 @@ flags.DEFINE_bool("warmup", None, "One untimed run per case first (default: only
 flags.DEFINE_bool("rss", None, "Measure peak RSS per case in a fresh subprocess (default: on, "
                   "off with --quick).")
 flags.DEFINE_enum("compiler_options", "recommended", ["recommended", "none"],
-                  "'recommended': compile every case with vdm.models.unet.xla_compiler_options() "
-                  "(as vdm.train does); 'none': XLA's defaults.")
+                  "'recommended': compile every case with vdm.models.unet."
+                  "xla_compiler_options(purpose='eval') (as vdm.train compiles its bound "
+                  "evaluation); 'none': XLA's defaults.")
 flags.DEFINE_bool("peer", True, "Also time the PyTorch per-t loop when torch and diffusers "
                   "import (not with --quick).")
 flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads for the peer.")
@@ -296,7 +298,8 @@ def _measure_matmul_peak(n):
 
 def _options():
   from vdm.models.unet import xla_compiler_options
-  return xla_compiler_options() if FLAGS.compiler_options == "recommended" else {}
+  return (xla_compiler_options(purpose="eval") if FLAGS.compiler_options == "recommended"
+          else {})
 
 
 def _single_case(cfg):

@@ -311,6 +311,29 @@ def test_unet_conv_impls_agree(tiny_unet):
   np.testing.assert_allclose(np.asarray(y_mm), np.asarray(y_lax), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("purpose", ["train", "eval"])
+def test_xla_compiler_options_compile_the_unet_to_the_same_function(tiny_unet, purpose):
+  """Each purpose's XLA options are accepted by this jaxlib's compiler and change speed only:
+  the forward pass and the parameter gradient match XLA's default compilation."""
+  from vdm.models.unet import xla_compiler_options
+  model, _, x, t, params = tiny_unet
+  f = lambda p: model.apply(p, x, t, train=False)
+  g = jax.grad(lambda p: jnp.sum(f(p) ** 2))
+  for fn in (f, g):
+    want = jax.jit(fn).lower(params).compile()(params)
+    got = jax.jit(fn).lower(params).compile(
+      compiler_options=xla_compiler_options("cpu", purpose))(params)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+  assert xla_compiler_options("tpu", purpose) == {}
+
+
+def test_xla_compiler_options_bad_purpose():
+  from vdm.models.unet import xla_compiler_options
+  with pytest.raises(ValueError, match=r"purpose='fast'.*allowed values: \('train', 'eval'\)"):
+    xla_compiler_options("cpu", "fast")
+
+
 def test_unet_gamma_conditioning_equals_t_conditioning_on_the_mapped_value(tiny_unet):
   model, _, x, _, variables = tiny_unet
   gamma = jnp.array([-10.0, 2.5])

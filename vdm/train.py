@@ -247,12 +247,13 @@ def make_eval_step(objective):
 # -----------------------------------------------------------------------------------------
 # Host side: replication, checkpoints, evaluation.
 
-def compiler_options(config) -> dict:
+def compiler_options(config, purpose: str = "train") -> dict:
   """XLA compiler options for the pmapped steps (`training.compiler_options`).
 
-  'auto': on CPU, `vdm.models.unet.xla_compiler_options()` (convolutions on Eigen's
-  multi-threaded kernels instead of single-threaded YNNPACK; measured in
-  experiments/bench_train.py); nothing elsewhere. 'none': XLA's defaults.
+  'auto': on CPU, `vdm.models.unet.xla_compiler_options(purpose=purpose)` (convolutions on
+  Eigen's multi-threaded kernels instead of single-threaded YNNPACK; purpose 'train' for the
+  train step, 'eval' for the forward-only bound and sampling programs; measured in
+  experiments/bench_train.py and bench_bound.py); nothing elsewhere. 'none': XLA's defaults.
   """
   choice = objectives_lib._choice("training.compiler_options",
                                   config.training.get("compiler_options", "auto"),
@@ -260,7 +261,7 @@ def compiler_options(config) -> dict:
   if choice == "none":
     return {}
   from vdm.models.unet import xla_compiler_options
-  return xla_compiler_options()
+  return xla_compiler_options(purpose=purpose)
 
 
 class _Pmapped:
@@ -414,7 +415,7 @@ def _write_samples(workdir, step, objective, params_rep, config, devices, datase
     return
   per_device = -(-n // len(devices))
   p_sample = pmap(lambda p, k: objective.sample(p, k, per_device), devices,
-                  compiler_options(config))
+                  compiler_options(config, "eval"))
   first = jax.process_index() * len(devices)
   keys = np.stack([np.asarray(jax.random.fold_in(key, first + i)) for i in range(len(devices))])
   samples = np.asarray(p_sample(params_rep, keys))
@@ -458,7 +459,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   p_train = pmap(make_train_step(objective, optimizer, config.optimizer.ema_rate, schedule,
                                  unroll_substeps(config)), devices, options,
                  donate_argnums=(0,))
-  p_eval = pmap(make_eval_step(objective), devices, options)
+  p_eval = pmap(make_eval_step(objective), devices, compiler_options(config, "eval"))
   state_rep = replicate(state, devices)
   eval_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0xE7A1)
 
@@ -547,7 +548,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, full: bool = False
   if full:
     config = ml_collections.ConfigDict(config.to_dict())
     config.eval.num_examples = 0
-  p_eval = pmap(make_eval_step(objective), devices, compiler_options(config))
+  p_eval = pmap(make_eval_step(objective), devices, compiler_options(config, "eval"))
   step = int(state.step)
   bound = evaluate_bound(objective, p_eval, replicate(state.ema_params, devices), dataset.test,
                          config, devices, jax.random.fold_in(jax.random.PRNGKey(config.seed),
