@@ -123,7 +123,7 @@ def test_conv3x3_matmul_and_lax_match_brute_force(hw, stride):
 
 
 def _group_norm_numpy(x, scale, bias, groups, eps):
-  """Group normalization from its definition (Wu and He 2018, eqs. 1-3), float64 NumPy."""
+  """Group normalization from its definition (Wu and He 2018, Sec. 3.1), float64 NumPy."""
   b, c = x.shape[0], x.shape[-1]
   xg = x.reshape(b, -1, groups, c // groups)
   mean = xg.mean(axis=(1, 3), keepdims=True)

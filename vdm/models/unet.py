@@ -146,7 +146,7 @@ def _per_channel(v, x):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def group_norm(x, scale, bias, num_groups: int, epsilon: float = 1e-6):
-  """Group normalization (Wu and He 2018, eqs. 1-3): x [B, ..., C] -> [B, ..., C].
+  """Group normalization (Wu and He 2018, Sec. 3.1): x [B, ..., C] -> [B, ..., C].
 
   Each example's channels are split into num_groups groups of K = C / num_groups; each group is
   normalized by the mean and variance over its K channels and all positions, then scaled and
