@@ -122,22 +122,15 @@ def test_conv3x3_matmul_and_lax_match_brute_force(hw, stride):
   np.testing.assert_allclose(got_lax, want, rtol=0, atol=1e-9)
 
 
-def _group_norm_numpy(x, scale, bias, groups, eps):
-  """Group normalization from its definition (Wu and He 2018, Sec. 3.1), float64 NumPy."""
-  b, c = x.shape[0], x.shape[-1]
-  xg = x.reshape(b, -1, groups, c // groups)
-  mean = xg.mean(axis=(1, 3), keepdims=True)
-  var = ((xg - mean) ** 2).mean(axis=(1, 3), keepdims=True)  # two-pass variance
-  return ((xg - mean) / np.sqrt(var + eps)).reshape(x.shape) * scale + bias
-
-
-def _group_norm_autodiff(x, scale, bias, groups, eps):
-  """The same function in jnp without a custom gradient, for JAX's own autodiff."""
+def _group_norm_definition(x, scale, bias, groups, eps, xp=np):
+  """Group normalization from its definition (Wu and He 2018, Sec. 3.1), two-pass variance.
+  xp=np: the float64 NumPy reference; xp=jnp: the same function for JAX's own autodiff (no
+  custom gradient)."""
   b, c = x.shape[0], x.shape[-1]
   xg = x.reshape(b, -1, groups, c // groups)
   mean = xg.mean(axis=(1, 3), keepdims=True)
   var = ((xg - mean) ** 2).mean(axis=(1, 3), keepdims=True)
-  return ((xg - mean) / jnp.sqrt(var + eps)).reshape(x.shape) * scale + bias
+  return ((xg - mean) / xp.sqrt(var + eps)).reshape(x.shape) * scale + bias
 
 
 @pytest.mark.parametrize("shape,groups", [((3, 5, 4, 8), 4), ((2, 4, 4, 6), 2),
@@ -155,13 +148,14 @@ def test_group_norm_value_and_gradient(shape, groups):
   with jax.enable_x64():
     got = np.asarray(group_norm(jnp.asarray(x), jnp.asarray(scale), jnp.asarray(bias),
                                 groups, 1e-6))
-    np.testing.assert_allclose(got, _group_norm_numpy(x, scale, bias, groups, 1e-6),
+    np.testing.assert_allclose(got, _group_norm_definition(x, scale, bias, groups, 1e-6),
                                rtol=0, atol=1e-9)
     args = tuple(map(jnp.asarray, (x, scale, bias)))
     g_ours = jax.grad(lambda *a: jnp.sum(w * jnp.tanh(group_norm(*a, groups, 1e-6))),
                       (0, 1, 2))(*args)
-    g_ref = jax.grad(lambda *a: jnp.sum(w * jnp.tanh(_group_norm_autodiff(*a, groups, 1e-6))),
-                     (0, 1, 2))(*args)
+    g_ref = jax.grad(
+      lambda *a: jnp.sum(w * jnp.tanh(_group_norm_definition(*a, groups, 1e-6, xp=jnp))),
+      (0, 1, 2))(*args)
   for a, b in zip(g_ours, g_ref):
     assert a.shape == b.shape
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-9)
