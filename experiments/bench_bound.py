@@ -297,7 +297,7 @@ def _measure_matmul_peak(n):
 
 
 def _options():
-  from vdm.models.unet import xla_compiler_options
+  from vdm.xla_options import xla_compiler_options
   return (xla_compiler_options(purpose="eval") if FLAGS.compiler_options == "recommended"
           else {})
 

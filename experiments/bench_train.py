@@ -334,7 +334,7 @@ def main(argv):
     use_peer, why = common.peer_available()
     if not use_peer:
       _emit({"bench": "train_step_peer", "skipped": f"torch/diffusers unavailable ({why})"})
-  from vdm.models.unet import xla_compiler_options
+  from vdm.xla_options import xla_compiler_options
   compiler_options = xla_compiler_options() if FLAGS.compiler_options == "recommended" else {}
   timer, rows = common.Timer(), []
   peak = measure_matmul_peak(peak_sizes, reps=2 if quick else 5)

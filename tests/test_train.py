@@ -116,9 +116,9 @@ def test_metrics_eval_samples_and_tensorboard_files(tmp_path):
   assert os.path.getsize(tmp_path / "eval" / "bound_4.png") > 1000
   png = (tmp_path / "samples" / "samples_4.png").read_bytes()
   assert png[:8] == b"\x89PNG\r\n\x1a\n"
-  os.remove(tmp_path / "samples" / "samples_4.png")
-  train.sample(config, str(tmp_path))  # --mode=sample: from the latest checkpoint
-  assert (tmp_path / "samples" / "samples_4.png").read_bytes()[:8] == png[:8]
+  out = train.sample(config, str(tmp_path))  # --mode=sample: its own file, the same key
+  assert out.path == str(tmp_path / "samples" / "sample_4.png") and out.step == 4
+  assert (tmp_path / "samples" / "sample_4.png").read_bytes() == png
   assert glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
 
 
@@ -160,7 +160,7 @@ def test_resume_continues_and_eval_modes(tmp_path):
   assert int(second.state.step) == 6
   straight = train.train_and_evaluate(toy_config(num_steps=6), str(tmp_path / "straight"))
   _assert_trees_equal(second.state.params, straight.state.params)
-  summary = train.evaluate(config, str(tmp_path), full=True)
+  summary = train.evaluate(config, str(tmp_path), full=True).summary
   assert np.isfinite(summary["total_bpd"])
   assert int(first.state.step) == 4
 
@@ -196,7 +196,7 @@ def test_sigterm_then_sigkill_resume_bitwise(tmp_path):
   assert _wait_for(lambda: len(_checkpoint_steps(work)) >= 3, 600, proc), proc.stderr.read()
   proc.send_signal(signal.SIGTERM)
   err = proc.communicate(timeout=120)[1]
-  assert proc.returncode == 0, err[-3000:]
+  assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
   assert "saved step" in err
   stopped_at = _checkpoint_steps(work)[-1]
   assert stopped_at < 40

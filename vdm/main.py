@@ -1,20 +1,37 @@
 """Command line: python -m vdm.main --config=configs/<experiment>.py --workdir=DIR [--mode=...]
 
-Modes: train (resumes from DIR/checkpoints), eval (bound decomposition of the latest
-checkpoint), bpd (the same over the whole test split), sample (PNG grid of samples).
-Config fields are overridable: --config.training.num_steps=100.
+Modes: train (resumes from DIR/checkpoints), eval (bound decomposition of the newest
+checkpoint: eval.num_examples test examples), bpd (the same over the whole test split), sample
+(a PNG grid of samples). Config fields are overridable: --config.training.num_steps=100.
+
+Console: our progress (step, loss, steps/s, ETA) and the bound; the libraries' INFO lines
+(orbax, jax) go to DIR/log.txt only, unless --verbosity is given. Errors in the config, the
+data or the run directory print one message (the traceback is in DIR/log.txt) and exit 1.
+A run stopped by SIGTERM or Ctrl-C saves its state and exits 128 + the signal number (143 for
+SIGTERM, 130 for SIGINT), so schedulers see the preemption.
 
 Multi-host (a TPU pod, or several CPU processes): pass --jax_distributed. On a TPU pod or a
 cluster JAX knows, jax.distributed.initialize() finds the coordinator itself; elsewhere give
 --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
 """
+import logging as py_logging
+import os
+import sys
+import traceback
+
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+MODES = ("train", "eval", "sample", "bpd")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory (checkpoints, metrics, eval).")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "bpd"], "What to run.")
+_MODE = flags.DEFINE_enum("mode", "train", list(MODES), "What to run.")
+_ALLOW_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False,
+    "Resume or evaluate even if the config differs from DIR/config.json in fields that change "
+    "what is trained (the stored config is kept).")
 _DISTRIBUTED = flags.DEFINE_bool("jax_distributed", False,
                                  "Call jax.distributed.initialize (multi-host).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0.")
@@ -22,6 +39,52 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 
 flags.mark_flags_as_required(["config", "workdir"])
+
+LOG_FILE = "log.txt"
+
+
+def _parse_flags(argv):
+  """absl's parsing, with one clear line for a bad --config.<field> override."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.stderr.write(f"vdm: error: {e}\nRun with --helpfull for the flags.\n")
+    sys.exit(2)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    bad = [a for a in argv[1:] if a.startswith("--config.")]
+    sys.stderr.write(f"vdm: error: a config override could not be applied ({e!s}): "
+                     f"{' '.join(bad)}\nConfig fields are those of configs/base.py, e.g. "
+                     f"--config.training.num_steps=100.\n")
+    sys.exit(2)
+
+
+class _OursOrWarnings(py_logging.Filter):
+  """Passes vdm's own records and every warning or error; the rest go to the log file only."""
+
+  def __init__(self):
+    super().__init__()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    self._ours = tuple(os.path.join(root, d) + os.sep for d in ("vdm", "experiments"))
+
+  def filter(self, record):
+    return record.levelno >= py_logging.WARNING or record.pathname.startswith(self._ours)
+
+
+def _route_logs(workdir: str):
+  """Console: ours; DIR/log.txt: everything. Returns the log file's path (None if unwritable)."""
+  path = None
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    handler = py_logging.FileHandler(os.path.join(workdir, LOG_FILE))
+    handler.setFormatter(py_logging.Formatter("%(asctime)s %(levelname)s %(name)s "
+                                              "%(filename)s:%(lineno)d] %(message)s"))
+    py_logging.getLogger().addHandler(handler)
+    path = handler.baseFilename
+  except OSError:
+    pass
+  if not flags.FLAGS["verbosity"].present:
+    logging.get_absl_handler().addFilter(_OursOrWarnings())
+  return path
 
 
 def main(argv):
@@ -31,28 +94,44 @@ def main(argv):
   if _DISTRIBUTED.value:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
-  from vdm import train
+  workdir = _WORKDIR.value
+  log_path = _route_logs(workdir)
+  from vdm import reporting, train
   logging.info("JAX process %d/%d, %d local devices (%s)", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.default_backend())
-  config = _CONFIG.value
-  from vdm import reporting
-  if _MODE.value == "train":
-    result = train.train_and_evaluate(config, _WORKDIR.value)
-    summary, step = result.summary, int(result.state.step)
-  elif _MODE.value in ("eval", "bpd"):
-    summary = train.evaluate(config, _WORKDIR.value, full=_MODE.value == "bpd")
-    step = None
-  else:
-    train.sample(config, _WORKDIR.value)
-    return
-  if jax.process_index() == 0 and summary:
-    print(reporting.decomposition_table(summary, "latest" if step is None else step))
-    print(f"Files: {_WORKDIR.value}/eval (every term, per timestep), "
-          f"{_WORKDIR.value}/samples, {_WORKDIR.value}/metrics.jsonl")
+  config, mode = _CONFIG.value, _MODE.value
+  kwargs = dict(allow_config_change=_ALLOW_CHANGE.value)
+  is_main = jax.process_index() == 0
+  try:
+    if mode == "train":
+      result = train.train_and_evaluate(config, workdir, **kwargs)
+      summary, step = result.summary, int(result.state.step)
+      where = (f"Files: {workdir}/eval/bound_{step}.json (every term, per timestep), "
+               f"{workdir}/samples, {workdir}/metrics.jsonl (TensorBoard: {workdir}/tensorboard)")
+    elif mode in ("eval", "bpd"):
+      result = train.evaluate(config, workdir, full=mode == "bpd", **kwargs)
+      summary, step, where = result.summary, result.step, f"Record: {result.path}"
+    else:
+      result = train.sample(config, workdir, **kwargs)
+      if is_main:
+        print(f"{len(result.samples)} samples from the checkpoint of step {result.step}: "
+              f"{result.path or '(vector data: no image grid)'}")
+      return
+  except (ValueError, FileNotFoundError, FloatingPointError, train.RunDirError) as e:
+    if log_path:
+      with open(log_path, "a") as f:
+        f.write(traceback.format_exc())
+    sys.stderr.write(f"vdm: error: {e}\n" + (f"(traceback in {log_path})\n" if log_path else ""))
+    sys.exit(1)
+  if is_main and summary:
+    print(reporting.decomposition_table(summary, step))
+    print(where)
+  if mode == "train" and result.stopped_by:
+    sys.exit(128 + int(result.stopped_by))
 
 
 def run():
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

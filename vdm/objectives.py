@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vdm import checks
+from vdm import random_streams as streams
 from vdm.diffusion import timesteps as timestep_samplers
 from vdm.diffusion.ddpm import GaussianDiffusion
 from vdm.diffusion.schedules import get_beta_schedule
@@ -34,17 +36,11 @@ TIMESTEP_SAMPLERS = ("uniform", "importance")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def _choice(field: str, value, allowed):
-  if value not in allowed:
-    raise ValueError(f"config field {field} must be one of {list(allowed)}, got {value!r}")
-  return value
-
-
 def build_denoiser(model_config, data_shape: tuple, out_channels: int, conditioning: str = "t",
                    gamma_range: tuple = (-13.3, 5.0)):
   """The Flax denoiser named by `model.denoiser` for data of per-example shape data_shape."""
-  kind = _choice("model.denoiser", model_config.denoiser, DENOISERS)
-  dtype = DTYPES[_choice("model.dtype", model_config.get("dtype", "float32"), tuple(DTYPES))]
+  kind = checks.choice("model.denoiser", model_config.denoiser, DENOISERS)
+  dtype = DTYPES[checks.choice("model.dtype", model_config.dtype, tuple(DTYPES))]
   if kind == "unet":
     from vdm.models.unet import UNet
     if len(data_shape) != 3:
@@ -54,11 +50,11 @@ def build_denoiser(model_config, data_shape: tuple, out_channels: int, condition
                 num_res_blocks=model_config.num_res_blocks,
                 attn_resolutions=tuple(model_config.attn_resolutions),
                 dropout=model_config.dropout, out_channels=out_channels,
-                resamp_with_conv=model_config.get("resamp_with_conv", True),
-                num_groups=model_config.get("num_groups", 32), conditioning=conditioning,
+                resamp_with_conv=model_config.resamp_with_conv,
+                num_groups=model_config.num_groups, conditioning=conditioning,
                 gamma_min=gamma_range[0], gamma_max=gamma_range[1],
-                fourier_features=tuple(model_config.get("fourier_features", ())),
-                zero_init_out=model_config.get("zero_init_out", False), dtype=dtype)
+                fourier_features=tuple(model_config.fourier_features),
+                zero_init_out=model_config.zero_init_out, dtype=dtype)
   if len(data_shape) != 1:
     raise ValueError(f"model.denoiser='mlp' needs vector data [D]; got per-example shape "
                      f"{data_shape}")
@@ -66,7 +62,7 @@ def build_denoiser(model_config, data_shape: tuple, out_channels: int, condition
   return MLPDenoiser(hidden=model_config.mlp_hidden, num_blocks=model_config.mlp_num_blocks,
                      out_dim=out_channels, dropout=model_config.dropout,
                      conditioning=conditioning,
-                     zero_init_out=model_config.get("zero_init_out", False))
+                     zero_init_out=model_config.zero_init_out)
 
 
 def _num_dims(shape) -> int:
@@ -125,6 +121,16 @@ class DDPMObjective:
   def num_timesteps(self) -> int:
     return self.diffusion.num_timesteps
 
+  @property
+  def bound_network_passes(self) -> int:
+    """Network evaluations per example of `bound` (one per timestep)."""
+    return self.diffusion.num_timesteps
+
+  @property
+  def sample_network_passes(self) -> int:
+    """Network evaluations per sample."""
+    return self.diffusion.num_timesteps
+
   def init(self, key):
     x = jnp.zeros((1,) + tuple(self.data_shape), jnp.float32)
     return self.net.init({"params": key}, x, jnp.zeros((1,), jnp.int32), train=False)["params"]
@@ -147,14 +153,14 @@ class DDPMObjective:
       (loss [B], aux dict of [B] arrays: mse, vb (bits/dim), t, weights, quartile).
     """
     T = self.num_timesteps
-    t_keys = info.keys(0)
+    t_keys = info.keys(streams.TIMESTEP)
     if self.timestep_sampler == "importance":
       t, weights = jax.vmap(lambda k: timestep_samplers.sample(sampler_state, k, 1))(t_keys)
       t, weights = t[:, 0], weights[:, 0]
     else:
       t = jax.vmap(lambda k: jax.random.randint(k, (), 0, T, jnp.int32))(t_keys)
       weights = jnp.ones(t.shape, x.dtype)
-    noise = _per_example_normal(info.keys(1), x.shape[1:], x.dtype)
+    noise = _per_example_normal(info.keys(streams.NOISE), x.shape[1:], x.dtype)
     train_fn = lambda p, x_t, tt: self.net.apply({"params": p}, x_t, tt, train=True,
                                                  rngs={"dropout": dropout_key})
     out = self.diffusion.training_losses(train_fn, params, x, None, t=t, weights=weights,
@@ -183,19 +189,30 @@ class DDPMObjective:
 
 def _clip_bound(d, levels) -> bool:
   """diffusion.clip_bound, allowed only for data on [-1, 1] (discrete levels)."""
-  clip = bool(d.get("clip_bound", False))
+  clip = bool(d.clip_bound)
   if clip and levels is None:
     raise ValueError("diffusion.clip_bound=True clips x0 predictions to [-1, 1] and needs data "
                      "on K levels in [-1, 1]; this data set is continuous (allowed: False)")
   return clip
 
 
-def build_objective(config, data_shape: tuple, num_levels: Optional[int]):
-  """The objective named by `model.objective`, validated before any compilation."""
-  kind = _choice("model.objective", config.model.objective, OBJECTIVES)
+def build_objective(config, data_shape: tuple, num_levels: Optional[int], denoiser=None):
+  """The objective named by `model.objective`, validated before any compilation.
+
+  Args:
+    config: a config on configs/base.py; data_shape: per-example shape ([H, W, C] or [D]);
+    num_levels: K of integer data, None for continuous data.
+    denoiser: a Flax module to use instead of the config's (model.denoiser and its fields are
+      then ignored). DDPM calls `denoiser.apply({'params': p}, x_t, t, train=bool,
+      rngs={'dropout': key})` with x_t [B, *data_shape] and int32 timesteps t [B]; VDM the
+      same with float log-SNR gamma [B] in place of t. Its output has the data's shape, with
+      2C channels (or 2D features) when diffusion.var_type learns variances (first C: the
+      mean parameterization, last C: the variance).
+  """
+  kind = checks.choice("model.objective", config.model.objective, OBJECTIVES)
   data_shape = tuple(int(s) for s in data_shape)
   channels = data_shape[-1]
-  dequantize = bool(config.data.get("dequantize", False))
+  dequantize = bool(config.data.dequantize)
   if dequantize and num_levels is None:
     raise ValueError("data.dequantize=True needs integer data (num_levels); the data set is "
                      "continuous")
@@ -204,23 +221,23 @@ def build_objective(config, data_shape: tuple, num_levels: Optional[int]):
   levels = None if dequantize else num_levels
   if kind == "ddpm":
     d = config.diffusion
-    sampler = _choice("diffusion.timestep_sampler", d.get("timestep_sampler", "uniform"),
-                      TIMESTEP_SAMPLERS)
+    sampler = checks.choice("diffusion.timestep_sampler", d.timestep_sampler, TIMESTEP_SAMPLERS)
     kwargs = {}
     if d.beta_schedule in ("linear", "quad"):
-      kwargs = dict(beta_start=d.get("beta_start", 1e-4), beta_end=d.get("beta_end", 0.02))
+      kwargs = dict(beta_start=d.beta_start, beta_end=d.beta_end)
     betas = get_beta_schedule(d.beta_schedule, d.num_timesteps, **kwargs)
     diffusion = GaussianDiffusion(betas, d.mean_type, d.var_type, d.loss_type, num_levels=levels,
-                                  decoder_approx=d.get("decoder_approx", None),
-                                  hybrid_lambda=d.get("hybrid_lambda", 0.001),
-                                  t_chunk_size=d.get("t_chunk_size", 25))
+                                  decoder_approx=d.decoder_approx,
+                                  hybrid_lambda=d.hybrid_lambda,
+                                  t_chunk_size=d.t_chunk_size)
     out_channels = channels * (2 if diffusion.learns_variance else 1)
-    net = build_denoiser(config.model, data_shape, out_channels)
+    net = denoiser if denoiser is not None else build_denoiser(config.model, data_shape,
+                                                                out_channels)
     return DDPMObjective(diffusion, net, data_shape, sampler,
-                         clip_denoised=d.get("clip_denoised", True) and levels is not None,
+                         clip_denoised=d.clip_denoised and levels is not None,
                          clip_bound=_clip_bound(d, levels),
                          num_levels=num_levels, dequantize=dequantize, offset_bpd=offset)
-  return build_vdm_objective(config, data_shape, num_levels, dequantize, offset)
+  return build_vdm_objective(config, data_shape, num_levels, dequantize, offset, denoiser)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,6 +257,11 @@ class VDMObjective:
   dequantize: bool = False
   offset_bpd: float = 0.0
   report_keys = ("loss_recon", "loss_klz", "loss_diff")
+  bound_network_passes = 1           # one Monte Carlo draw of t per example
+
+  @property
+  def sample_network_passes(self) -> int:
+    return self.sample_steps
 
   @property
   def decoder_levels(self):
@@ -277,17 +299,18 @@ class VDMObjective:
     from vdm.diffusion.vdm import discretize_times, vdm_losses
     # Antithetic times over the GLOBAL batch (VDM): t_i = mod(u0 + i / B_global, 1).
     if self.antithetic:
-      u0 = jax.random.uniform(jax.random.fold_in(info.step_key, 3), (), x.dtype)
+      u0 = jax.random.uniform(jax.random.fold_in(info.step_key, streams.ANTITHETIC), (), x.dtype)
       t = jnp.mod(u0 + info.index.astype(x.dtype) / info.global_batch, 1.0)
     else:
-      t = jax.vmap(lambda k: jax.random.uniform(k, (), x.dtype))(info.keys(0))
+      t = jax.vmap(lambda k: jax.random.uniform(k, (), x.dtype))(info.keys(streams.TIMESTEP))
     t_model = discretize_times(t, self.num_timesteps) if self.num_timesteps else t
     train_fn = lambda p, z, g: self.net.apply({"params": p}, z, g, train=True,
                                               rngs={"dropout": dropout_key})
     nats = vdm_losses(train_fn, params["denoiser"], self.gamma_fn, params["gamma"], x, None,
                       self.decoder_levels, T=self.num_timesteps, t=t_model,
-                      noise=_per_example_normal(info.keys(1), x.shape[1:], x.dtype),
-                      noise_0=_per_example_normal(info.keys(2), x.shape[1:], x.dtype))
+                      noise=_per_example_normal(info.keys(streams.NOISE), x.shape[1:], x.dtype),
+                      noise_0=_per_example_normal(info.keys(streams.NOISE_0), x.shape[1:],
+                                                  x.dtype))
     bpd = self._to_bpd(nats)
     aux = {k: bpd[k] for k in self.report_keys}
     aux["t"] = t_model
@@ -317,13 +340,15 @@ class VDMObjective:
 GAMMA_TYPES = ("fixed_linear", "learned_linear", "learned_net")
 
 
-def build_vdm_objective(config, data_shape, num_levels, dequantize, offset):
+def build_vdm_objective(config, data_shape, num_levels, dequantize, offset, denoiser=None):
   from vdm.diffusion.schedules import get_gamma_schedule
   v = config.vdm
-  gamma_type = _choice("vdm.gamma_type", v.gamma_type, GAMMA_TYPES)
+  gamma_type = checks.choice("vdm.gamma_type", v.gamma_type, GAMMA_TYPES)
   gamma_module = get_gamma_schedule(gamma_type, gamma_min=v.gamma_min, gamma_max=v.gamma_max)
-  net = build_denoiser(config.model, data_shape, data_shape[-1], conditioning="gamma",
-                       gamma_range=(v.gamma_min, v.gamma_max))
+  if denoiser is None:
+    denoiser = build_denoiser(config.model, data_shape, data_shape[-1], conditioning="gamma",
+                              gamma_range=(v.gamma_min, v.gamma_max))
+  net = denoiser
   T = int(v.num_timesteps)
   if T < 0:
     raise ValueError(f"config field vdm.num_timesteps must be >= 0 (0 = continuous), got {T}")

@@ -101,11 +101,13 @@ def format_summary(summary: dict) -> str:
 
 
 def write_bound(eval_dir: str, step: int, bound: dict, summary: dict,
-                num_levels: Optional[int]) -> str:
-  """DIR/eval/bound_<step>.json: every term (per-timestep arrays as lists) and the summary;
-  plus bound_<step>.png (vb per timestep; rate-distortion) when matplotlib is installed."""
+                num_levels: Optional[int], name: str = "bound", info: Optional[dict] = None) -> str:
+  """DIR/eval/<name>_<step>.json: every term (per-timestep arrays as lists), the summary and
+  `info` (how it was computed: number of examples, the key); plus <name>_<step>.png (vb per
+  timestep; rate-distortion) when matplotlib is installed. Training writes name 'bound',
+  --mode=eval 'eval' and --mode=bpd 'bpd', so no mode overwrites another's record."""
   os.makedirs(eval_dir, exist_ok=True)
-  record = {"step": int(step), "summary": summary,
+  record = {"step": int(step), "summary": summary, **(info or {}),
             "terms": {k: np.asarray(v, np.float64).tolist() for k, v in bound.items()}}
   if "vb" in bound and "xstart_mse" in bound and num_levels:
     from vdm.diffusion.ddpm import rate_distortion
@@ -114,13 +116,13 @@ def write_bound(eval_dir: str, step: int, bound: dict, summary: dict,
                           "xstart_mse": np.asarray(bound["xstart_mse"])[None]},
                          num_levels=num_levels)
     record["rate_distortion"] = {k: np.asarray(v).tolist() for k, v in rd.items()}
-  path = os.path.join(eval_dir, f"bound_{step}.json")
+  path = os.path.join(eval_dir, f"{name}_{step}.json")
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(record, f)
   os.replace(tmp, path)
   if "vb" in bound:
-    plot_bound(os.path.join(eval_dir, f"bound_{step}.png"), record)
+    plot_bound(os.path.join(eval_dir, f"{name}_{step}.png"), record)
   return path
 
 

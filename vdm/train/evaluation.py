@@ -1,0 +1,134 @@
+"""What every mode shares: the checked setup of a run, the bound over the held-out split, the
+sample grid, and the files they write (each mode under its own names)."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, NamedTuple, Optional
+
+import jax
+import numpy as np
+from absl import logging
+
+from vdm import data as data_lib
+from vdm import objectives as objectives_lib
+from vdm import random_streams as streams
+from vdm import reporting
+from vdm.train.config_checks import validate_config
+from vdm.train.devices import compiler_options, device_layout, pmap, replicate, unreplicate
+
+
+class Run(NamedTuple):
+  """A checked run: its config, data, objective and devices (nothing compiled yet)."""
+  config: Any
+  dataset: data_lib.Dataset
+  objective: Any
+  devices: list
+  per_device: int
+
+
+def setup(config, dataset=None, denoiser=None, objective=None) -> Run:
+  """Validate every field, load (or check) the data, build the objective: all that may fail
+  fast, before any compilation."""
+  validate_config(config)
+  devices, per_device = device_layout(config)
+  if dataset is None:
+    dataset = data_lib.load_dataset(config.data)
+  else:
+    data_lib.check_dataset_matches_config(dataset, config.data)
+  if objective is None:
+    objective = objectives_lib.build_objective(config, dataset.shape, dataset.num_levels,
+                                               denoiser=denoiser)
+  elif denoiser is not None:
+    raise ValueError("pass either objective= or denoiser=, not both")
+  return Run(config, dataset, objective, devices, per_device)
+
+
+def evaluate_bound(run: Run, p_eval_step, params_rep, key, num_examples: int) -> dict:
+  """Mean bound terms over the first num_examples held-out examples (0 = all), bits/dim."""
+  test = run.dataset.test[:num_examples or len(run.dataset.test)]
+  sums = None
+  for i, (batch, mask) in enumerate(data_lib.eval_batches(
+      test, global_batch_size=run.config.eval.batch_size, process_index=jax.process_index(),
+      process_count=jax.process_count(), local_device_count=len(run.devices))):
+    out = p_eval_step(params_rep, batch, mask,
+                      replicate(jax.random.fold_in(key, i), run.devices))
+    out = unreplicate(out)
+    sums = out if sums is None else jax.tree_util.tree_map(np.add, sums, out)
+  count = sums.pop("count")
+  return {k: np.asarray(v, np.float64) / count for k, v in sums.items()}
+
+
+def draw_samples(run: Run, params_rep, key, n: int) -> np.ndarray:
+  """n samples [n, *shape] on the data scale from the replicated params."""
+  per_device = -(-n // len(run.devices))
+  p_sample = pmap(lambda p, k: run.objective.sample(p, k, per_device), run.devices,
+                  compiler_options(run.config, "eval"))
+  first = jax.process_index() * len(run.devices)
+  keys = np.stack([np.asarray(jax.random.fold_in(key, first + i))
+                   for i in range(len(run.devices))])
+  samples = np.asarray(p_sample(params_rep, keys))
+  return samples.reshape((-1,) + tuple(run.dataset.shape))[:n]
+
+
+def record_path(workdir: str, name: str, step: int) -> str:
+  return os.path.join(workdir, "eval", f"{name}_{step}.json")
+
+
+def read_record(workdir: str, name: str, step: int) -> Optional[dict]:
+  """The eval record DIR/eval/<name>_<step>.json, or None if absent or unreadable."""
+  try:
+    with open(record_path(workdir, name, step)) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def eval_and_sample(run: Run, workdir: str, step: int, params_rep, p_eval, writer,
+                    name: str = "bound", num_examples: Optional[int] = None,
+                    samples_name: Optional[str] = "samples") -> dict:
+  """The bound at `step` (printed first), then its files, then the samples' grid.
+
+  Keys: random_streams.eval_key / samples_key of (seed, step), whatever the mode, so the same
+  step gives the same numbers in training and in --mode=eval with the same num_examples.
+  Files: DIR/eval/<name>_<step>.json (+ .png) recording num_examples and the key; the grid
+  DIR/samples/<samples_name>_<step>.png (eval.num_samples images; None = no samples).
+  """
+  config = run.config
+  n = config.eval.num_examples if num_examples is None else num_examples
+  bound = evaluate_bound(run, p_eval, params_rep, streams.eval_key(config.seed, step), n)
+  summary = reporting.bound_summary(bound)
+  is_main = jax.process_index() == 0
+  if is_main:
+    logging.info("eval at step %d (%s): %s", step, name, reporting.format_summary(summary))
+    used = min(n or len(run.dataset.test), len(run.dataset.test))
+    info = {"mode": name, "num_examples": int(used), "seed": int(config.seed),
+            "key": f"random_streams.eval_key(seed={config.seed}, step={step})"}
+    reporting.write_bound(os.path.join(workdir, "eval"), step, bound, summary,
+                          num_levels=run.dataset.num_levels, name=name, info=info)
+    if writer is not None:
+      writer.write(step, "eval", summary)
+  if samples_name and config.eval.num_samples and run.dataset.is_image:
+    samples = draw_samples(run, params_rep, streams.samples_key(config.seed, step),
+                           config.eval.num_samples)
+    if is_main:
+      path = reporting.write_sample_grid(
+          os.path.join(workdir, "samples", f"{samples_name}_{step}.png"), samples,
+          run.dataset.num_levels)
+      logging.info("samples at step %d: %s", step, path)
+  return summary
+
+
+def estimate_eval_seconds(run: Run, train_steps_per_s: float) -> float:
+  """A first guess at one eval's time (replaced by the measured time after the first eval).
+
+  A forward pass costs about a third of a train step's forward and backward pass per example,
+  so an eval of N examples with P network passes each takes about N P / (3 B) step times
+  (B the train batch); samples likewise with the sampler's passes.
+  """
+  config, obj = run.config, run.objective
+  n = min(config.eval.num_examples or len(run.dataset.test), len(run.dataset.test))
+  passes = n * obj.bound_network_passes
+  if config.eval.num_samples and run.dataset.is_image:
+    passes += config.eval.num_samples * obj.sample_network_passes
+  return passes / (3.0 * config.training.batch_size) / max(train_steps_per_s, 1e-9)
