@@ -59,7 +59,7 @@ def main(argv):
   configs = {d: load_config(d) for d in FLAGS.run_dirs}   # every error before any evaluation
   from vdm import train
   for run_dir, cfg in configs.items():
-    if cfg.model.get("objective", "ddpm") != "ddpm":
+    if cfg.model.objective != "ddpm":
       raise ValueError(f"{run_dir}: model.objective={cfg.model.objective!r}; clip_bound applies "
                        f"to 'ddpm' runs only")
     copy = os.path.join(FLAGS.scratch, os.path.basename(os.path.normpath(run_dir)))
@@ -67,7 +67,7 @@ def main(argv):
     shutil.copytree(run_dir, copy)
     cfg.diffusion.clip_bound = True
     timer = common.Timer()
-    clipped = train.evaluate(cfg, copy, full=True)
+    clipped = train.evaluate(cfg, copy, full=True).summary
     own = last_bound(run_dir)
     common.print_json({"run": run_dir, "clip_bound": True, "seconds": timer.seconds,
                        **{f"clipped_{k}": float(clipped[k]) for k in KEYS if k in clipped},

@@ -157,7 +157,7 @@ class RunContext:
     self.extras_path = os.path.join(workdir, "paper_extras.json")
     self.bound_path = os.path.join(workdir, "eval", f"bound_{cfg.training.num_steps}.json")
     self._ema = None
-    self._objective = None
+    self._run = None
 
   # -- training -------------------------------------------------------------------------------
   def ensure_trained(self) -> dict:
@@ -198,26 +198,17 @@ class RunContext:
     return record
 
   # -- restoring ------------------------------------------------------------------------------
-  def objective(self):
-    if self._objective is None:
-      from vdm import objectives
-      self._objective = objectives.build_objective(self.cfg, self.dataset.shape,
-                                                   self.dataset.num_levels)
-    return self._objective
+  def setup(self):
+    """The checked run (vdm.train.setup) of this config on the loaded dataset."""
+    if self._run is None:
+      from vdm import train
+      self._run = train.setup(self.cfg, self.dataset)
+    return self._run
 
   def ema_params(self):
     if self._ema is None:
       from vdm import train
-      import jax
-      optimizer = train.create_optimizer(self.cfg.optimizer, self.cfg.training.num_steps)
-      # Shapes only (no compilation): the restore fills in the values.
-      template = jax.eval_shape(lambda: train.init_state(self.objective(), optimizer,
-                                                         self.cfg.seed))
-      manager = train.checkpoint_manager(self.workdir, self.cfg, read_only=True)
-      state = train.restore_checkpoint(manager, template)
-      if state is None:
-        raise FileNotFoundError(f"no checkpoint in {self.workdir}/checkpoints")
-      self._ema = state.ema_params
+      self._ema = train.restore(self.cfg, self.workdir, dataset=self.dataset)
     return self._ema
 
   # -- cached extras --------------------------------------------------------------------------
@@ -227,21 +218,15 @@ class RunContext:
 
   def train_bound(self, indices: np.ndarray) -> dict:
     """The full bound (bits/dim, EMA params) on dataset.train[indices], cached."""
-    import jax
+    from vdm import random_streams as streams
     from vdm import reporting, train
     extras = self._extras()
     key = f"train_bound_{len(indices)}_{hashlib.sha256(indices.tobytes()).hexdigest()[:8]}"
     if key in extras:
       return extras[key]
     timer = common.Timer()
-    cfg = copy.deepcopy(self.cfg)
-    cfg.eval.num_examples = 0
-    devices, _ = train.device_layout(cfg)
-    objective = self.objective()
-    p_eval = train.pmap(train.make_eval_step(objective), devices)
-    bound = train.evaluate_bound(objective, p_eval, train.replicate(self.ema_params(), devices),
-                                 self.dataset.train[indices], cfg, devices,
-                                 jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 0x7EA1))
+    bound = train.bound_on(self.setup(), self.ema_params(), self.dataset.train[indices],
+                           streams.eval_key(self.cfg.seed, self.cfg.training.num_steps))
     extras[key] = {"num_examples": int(len(indices)), "summary": reporting.bound_summary(bound),
                    "seconds": timer.seconds}
     _write_json(self.extras_path, extras)
@@ -249,7 +234,7 @@ class RunContext:
 
   def samples(self, n: int, batch_size: int) -> tuple:
     """(uint8 levels [n, H, W, C], info dict) from ancestral sampling (T steps), cached .npy."""
-    import jax
+    from vdm import random_streams as streams
     from vdm import reporting, train
     extras = self._extras()
     key = f"samples_{n}"
@@ -257,20 +242,11 @@ class RunContext:
     if key in extras and os.path.exists(path):
       return np.load(path), extras[key]
     timer = common.Timer()
-    devices, _ = train.device_layout(self.cfg)
-    per_device = -(-min(batch_size, n) // len(devices))
-    objective = self.objective()
-    p_sample = train.pmap(lambda p, k: objective.sample(p, k, per_device), devices)
-    params_rep = train.replicate(self.ema_params(), devices)
-    base = jax.random.fold_in(jax.random.PRNGKey(self.cfg.seed), 0x5A3)
-    out, i = [], 0
-    while sum(len(o) for o in out) < n:
-      keys = np.stack([np.asarray(jax.random.fold_in(base, i * len(devices) + d))
-                       for d in range(len(devices))])
-      x = np.asarray(p_sample(params_rep, keys), np.float64)
-      out.append(x.reshape((-1,) + tuple(self.dataset.shape)))
-      i += 1
-    x = np.concatenate(out)[:n]
+    run = self.setup()
+    x = np.asarray(train.draw_samples(
+        run, train.replicate(self.ema_params(), run.devices),
+        streams.samples_key(self.cfg.seed, self.cfg.training.num_steps), n,
+        batch_size=batch_size), np.float64)
     K = self.dataset.num_levels
     info = {"num": n, "nonfinite_fraction": float(np.mean(~np.isfinite(x))),
             "out_of_range_fraction": float(np.mean(np.abs(np.nan_to_num(x, nan=9.0)) > 1.0 + 1e-6)),
@@ -754,7 +730,6 @@ def run_tables(config, tables, workdir_root: str, results_dir: str = common.RESU
   only: names of the runs to train (empty: all the tables need); the others are 'not run'.
   """
   from vdm import data as data_lib
-  from vdm import objectives, train
   timer = common.Timer()
   validate_paper_config(config)
   unknown = [n for n in only if n not in RUNS_BY_NAME]
@@ -771,7 +746,7 @@ def run_tables(config, tables, workdir_root: str, results_dir: str = common.RESU
   if "table2" in tables and dataset.train_labels is None:
     raise ValueError(f"data set {dataset.name!r} has no labels: Table 2's feature classifier "
                      f"needs them")
-  n_test = int(config.eval.get("num_examples", 0) or len(dataset.test))
+  n_test = int(config.eval.num_examples or len(dataset.test))
   n_test = min(n_test, len(dataset.test))
   n_train = int(config.paper.train_eval_examples) or n_test
   if n_train > len(dataset.train):
@@ -783,11 +758,9 @@ def run_tables(config, tables, workdir_root: str, results_dir: str = common.RESU
   ctxs = {}
   for name in names:   # validate every run config before training any
     cfg = run_config(config, RUNS_BY_NAME[name])
-    train.validate_config(cfg)
-    train.device_layout(cfg)
-    objectives.build_objective(cfg, dataset.shape, dataset.num_levels)
     ctxs[name] = RunContext(RUNS_BY_NAME[name], cfg,
                             os.path.join(workdir_root, dataset.name, name), dataset)
+    ctxs[name].setup()   # every field checked, the objective built: nothing compiled yet
   statuses = {name: (ctxs[name].ensure_trained() if not only or name in only
                      else {"state": "not run", "name": name}) for name in names}
 

@@ -10,18 +10,21 @@ import types
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from scipy import stats
 
+from configs import base
 from vdm import data
 
 MNIST_DIR = "/work/shared/data/mnist"
 
 
 def cfg(**kwargs):
-  return ml_collections.ConfigDict(kwargs)
+  """The base config's data group (every field, with its default) with kwargs set."""
+  c = base.get_base_config().data
+  c.update(kwargs)
+  return c
 
 
 # ------------------------------------------------------------------------------------------------
@@ -235,8 +238,11 @@ def test_gaussian_source():
 @pytest.mark.parametrize("bad,match", [
     (dict(dataset="imagenet"), r"data.dataset must be one of \['digits', 'mnist', 'cifar10'"),
     (dict(dataset="toy2d", toy_name="spiral"), r"data.toy_name must be one of \['swiss_roll'"),
-    (dict(dataset="toy2d"), "data.toy_name"),
-    (dict(dataset="gaussian"), "data.dim"),
+    (dict(dataset="toy2d", toy_name=None), "data.toy_name"),
+    (dict(dataset="gaussian", dim=None), "data.dim"),
+    (dict(dataset="gaussian", dim=2, seed=-1), "data.seed"),
+    (dict(dataset="toy2d", toy_noise=-1.0), "data.toy_noise"),
+    (dict(dataset="custom"), "from_arrays"),
     (dict(dataset="gaussian", dim=0), "data.dim"),
     (dict(dataset="gaussian", dim=2, num_train=-1), "data.num_train"),
     (dict(dataset="digits", pad_to_32=True), "data.pad_to_32"),
@@ -477,3 +483,106 @@ def test_eval_batches_bad_divisibility():
     next(data.eval_batches(_ids(10, (1,)), global_batch_size=5, local_device_count=2))
   with pytest.raises(ValueError, match="dataset.test"):
     next(data.eval_batches(data.load_dataset(cfg(dataset="digits")), global_batch_size=4))
+
+
+# ------------------------------------------------------------------------------------------------
+# Fields read directly; damaged MNIST files; your own arrays
+# ------------------------------------------------------------------------------------------------
+
+
+def test_a_missing_field_fails_naming_it():
+  c = cfg(dataset="toy2d")
+  del c["num_test"]
+  with pytest.raises(KeyError, match=r"data.num_test is missing .*configs/base.py"):
+    data.load_dataset(c)
+
+
+def _mnist_copy(tmp_path):
+  for name in data.MNIST_FILES.values():
+    with open(os.path.join(MNIST_DIR, name), "rb") as src, open(tmp_path / name, "wb") as dst:
+      dst.write(src.read())
+  return tmp_path
+
+
+def test_mnist_digests_are_those_of_the_shared_sums():
+  with open(os.path.join(MNIST_DIR, "SHA256SUMS")) as f:
+    assert dict(reversed(line.split()) for line in f if line.strip()) == data.MNIST_SHA256
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_a_damaged_mnist_file_is_named_before_decoding(tmp_path, damage):
+  root = _mnist_copy(tmp_path)
+  path = root / "t10k-labels-idx1-ubyte.gz"
+  raw = bytearray(path.read_bytes())
+  if damage == "truncate":
+    raw = raw[:len(raw) // 2]
+  else:
+    raw[len(raw) // 2] ^= 0x01
+  path.write_bytes(bytes(raw))
+  with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte.gz.*SHA-256.*download it again"):
+    data.load_mnist_arrays(str(root))
+
+
+def test_a_truncated_gzip_idx_file_is_named(tmp_path):
+  path = tmp_path / "x-idx1-ubyte.gz"
+  with gzip.open(path, "wb") as f:
+    f.write(struct.pack(">BBBBI", 0, 0, 0x08, 1, 1000) + bytes(1000))
+  path.write_bytes(path.read_bytes()[:30])
+  with pytest.raises(ValueError, match=r"x-idx1-ubyte.gz.*damaged or truncated"):
+    data.read_idx(str(path))
+
+
+def test_from_arrays_levels_and_floats():
+  rng = np.random.default_rng(0)
+  train = rng.integers(0, 5, (10, 4, 4, 1))
+  test = rng.integers(0, 5, (3, 4, 4, 1)).astype(np.float64)     # whole numbers as floats
+  ds = data.from_arrays(train, test, num_levels=5, name="mine", train_labels=np.arange(10))
+  assert ds.name == "mine" and ds.is_image and ds.num_levels == 5 and ds.shape == (4, 4, 1)
+  assert ds.train.dtype == np.uint8 and ds.test.dtype == np.uint8
+  np.testing.assert_array_equal(ds.train, train)
+  np.testing.assert_array_equal(ds.test, test)
+  assert ds.train_labels.tolist() == list(range(10)) and ds.test_labels is None
+  wide = data.from_arrays(train * 100, test, num_levels=1000)
+  assert wide.train.dtype == np.int32 and wide.name == "custom"
+  vec = data.from_arrays(rng.normal(size=(8, 3)), rng.normal(size=(2, 3)))
+  assert vec.num_levels is None and not vec.is_image and vec.train.dtype == np.float32
+  assert vec.shape == (3,) and vec.num_dims == 3
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(train=np.zeros((4, 2, 2, 1)), test=np.full((2, 2, 2, 1), 5), num_levels=5),
+     r"test: levels must lie in 0..4 \(num_levels=5\), got values in \[5, 5\]"),
+    (dict(train=np.full((4, 3), 0.5), test=np.zeros((2, 3)), num_levels=4),
+     r"train: with num_levels=4 the values must be integer levels 0..3"),
+    (dict(train=np.zeros((4, 3)), test=np.zeros((2, 4)), num_levels=None),
+     r"same per-example shape, got \(3,\) and \(4,\)"),
+    (dict(train=np.zeros((0, 3)), test=np.zeros((2, 3)), num_levels=None), r"train must be"),
+    (dict(train=np.zeros(4), test=np.zeros(2), num_levels=None), r"train must be an array"),
+    (dict(train=np.array([[np.nan]]), test=np.zeros((1, 1)), num_levels=None), r"NaN or inf"),
+    (dict(train=np.zeros((4, 3)), test=np.zeros((2, 3)), num_levels=1), r"num_levels must be"),
+    (dict(train=np.zeros((4, 3)), test=np.zeros((2, 3)), name="mnist"), r"built-in source"),
+    (dict(train=np.zeros((4, 3)), test=np.zeros((2, 3)), train_labels=np.zeros(3, int)),
+     r"train_labels must be integers \[4\]"),
+])
+def test_from_arrays_refuses_bad_input(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    data.from_arrays(**kwargs)
+
+
+def test_check_dataset_matches_config():
+  ds = data.from_arrays(np.zeros((4, 2, 2, 1), int), np.zeros((2, 2, 2, 1), int), 3, name="mine")
+  data.check_dataset_matches_config(ds, cfg(dataset="custom", random_flip=True))
+  digits = data.load_dataset(cfg(dataset="digits"))
+  data.check_dataset_matches_config(digits, cfg(dataset="digits"))   # a loaded source, passed in
+  with pytest.raises(ValueError, match=r"data.dataset='digits' but the dataset passed in is "
+                                       r"'mine': set data.dataset='custom'"):
+    data.check_dataset_matches_config(ds, cfg(dataset="digits"))
+  with pytest.raises(ValueError, match=r"data.dataset must be one of"):
+    data.check_dataset_matches_config(ds, cfg(dataset="mine2"))
+  vec = data.from_arrays(np.zeros((4, 2)), np.zeros((2, 2)))
+  with pytest.raises(ValueError, match="data.random_flip"):
+    data.check_dataset_matches_config(vec, cfg(dataset="custom", random_flip=True))
+  with pytest.raises(ValueError, match="data.dequantize"):
+    data.check_dataset_matches_config(vec, cfg(dataset="custom", dequantize=True))
+  with pytest.raises(ValueError, match="vdm.data.Dataset"):
+    data.check_dataset_matches_config(np.zeros((4, 2)), cfg(dataset="custom"))

@@ -3,6 +3,7 @@ with tiny flags (exactly the command a user types, in a subprocess from the repo
 scripts' absl flags never meet in one process); the tests check the structure of the written
 table and that its numbers are finite and self-consistent, not the scientific result."""
 import gzip
+import hashlib
 import json
 import math
 import os
@@ -89,6 +90,9 @@ def fake_mnist(tmp_path):
     _write_idx(d / f"{split}-images-idx3-ubyte.gz",
                rng.integers(0, 256, size=(n, 28, 28)).astype(np.uint8))
     _write_idx(d / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, size=n).astype(np.uint8))
+  # Their own digests (vdm.data checks the files against DIR/SHA256SUMS when there is one).
+  (d / "SHA256SUMS").write_text("".join(
+      f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n" for p in sorted(d.glob("*.gz"))))
   return d
 
 

@@ -366,7 +366,7 @@ def test_samples_follow_the_model():
 def test_bad_input_is_a_clear_error():
   with pytest.raises(ValueError, match=r"likelihood must be one of \['bernoulli', 'gaussian'\]"):
     M.BinaryLatentVAE(num_latents=2, data_dim=3, likelihood="poisson")
-  with pytest.raises(ValueError, match="num_latents must be a positive integer"):
+  with pytest.raises(ValueError, match="num_latents must be an integer >= 1, got 0"):
     M.SigmoidBeliefNet(num_latents=0, data_dim=3)
   with pytest.raises(ValueError, match="num_components"):
     M.BernoulliMixture(num_components=2.5, data_dim=3)
@@ -385,9 +385,9 @@ def test_bad_input_is_a_clear_error():
   sbn, out = probe("sbn")
   with pytest.raises(ValueError, match="closed-form M-step"):
     M.variational_em(sbn, out["params"], out["xs"], 1)
-  with pytest.raises(ValueError, match="num_steps must be a positive integer"):
+  with pytest.raises(ValueError, match="num_steps must be an integer >= 1, got 0"):
     M.fit(sbn, out["params"], out["q_params"], out["xs"], 0, optax.sgd(0.1))
-  with pytest.raises(ValueError, match="n must be a positive integer"):
+  with pytest.raises(ValueError, match="n must be an integer >= 1, got 0"):
     sbn.sample(jax.random.PRNGKey(0), out["params"], 0)
 
 

@@ -5,8 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy.special import logsumexp
 
+from sbn_reference import brute_force_sbn
 from vdm import elbo as E
 
 # A small sigmoid belief net p(h) p(x|h) and a factorized q(h|x), written twice: once in JAX
@@ -35,22 +35,7 @@ def _jax_model(p):
   return log_joint, log_q
 
 
-def _brute(p, x):
-  """(log p(x), ELBO, KL) by explicit loops over all 2**H states, float64 NumPy."""
-  log_sig = lambda z: -np.logaddexp(0.0, -z)
-  lj, lq = [], []
-  for h in itertools.product([0.0, 1.0], repeat=H):
-    h = np.array(h)
-    a = p["W"] @ h + p["b"]
-    lj.append(np.sum(h * log_sig(p["c"]) + (1 - h) * log_sig(-p["c"]))
-              + np.sum(x * log_sig(a) + (1 - x) * log_sig(-a)))
-    aq = p["U"] @ x + p["d"]
-    lq.append(np.sum(h * log_sig(aq) + (1 - h) * log_sig(-aq)))
-  lj, lq = np.array(lj), np.array(lq)
-  log_px = logsumexp(lj)
-  q = np.exp(lq)
-  post = np.exp(lj - log_px)
-  return log_px, float(np.sum(q * (lj - lq))), float(np.sum(q * np.log(q / post))), post
+_brute = brute_force_sbn
 
 
 def _data(n=6, seed=1):

@@ -1,7 +1,8 @@
 """Datasets -> deterministic, host- and device-sharded numpy batches.
 
-Everything here runs on the host in NumPy, except the three small pure JAX functions `encode`,
-`decode` and `dequantize`, which map integer pixels to model space on device.
+Everything here runs on the host in NumPy and reads files; the map from integer pixels to model
+space (`encode`, `decode`, `dequantize`) lives on the math side, in `vdm.diffusion.encoding`,
+and is re-exported here.
 
 Sources (`data.dataset`); num_levels K in brackets
 --------------------------------------------------
@@ -14,12 +15,15 @@ Sources (`data.dataset`); num_levels K in brackets
   standardized with the training mean and std; num_train / num_test examples.
 - gaussian [None]: x ~ N(mu, diag(s^2)), float32 [N, data.dim], mu and s from
   `gaussian_params` (also in Dataset.params); num_train / num_test examples.
+- custom [your K or None]: your own arrays, `from_arrays(train, test, num_levels)`, passed to
+  `vdm.train.train_and_evaluate(config, workdir, dataset=...)`; `load_dataset` refuses it.
 
 Image sources keep integer pixels v in {0, ..., K-1} as uint8 [N, H, W, C] (NHWC); the model
 sees x = encode(v, K) = 2v/(K-1) - 1 in [-1, 1] (DESIGN.md). Vector sources are continuous
 (num_levels None) float32 [N, D].
 
-Config fields read from the `data` group (all optional except `dataset`):
+Config fields read from the `data` group (configs/base.py defines each with its default; they
+are read directly, so a config missing one fails with a KeyError naming it):
   dataset      one of `DATASETS`.
   data_dir     directory holding the mnist IDX files, or the cifar10 `cifar-10-batches-py`
                directory (or its parent).
@@ -31,9 +35,14 @@ Config fields read from the `data` group (all optional except `dataset`):
   seed         seed of the synthetic sources toy2d / gaussian (default 0). The order of the
                batches uses the separate `seed` argument of `get_batch` (the run seed).
   toy_name     toy2d: one of `TOY_NAMES`.
-  toy_noise    toy2d: noise scale before standardization (default per toy, see `_TOY_NOISE`).
-  dim          gaussian: dimension D (required).
-  num_train, num_test   toy2d / gaussian: number of examples (defaults 10000 / 2000).
+  toy_noise    toy2d: noise scale before standardization (None: per toy, see `_TOY_NOISE`).
+  dim          gaussian: dimension D.
+  num_train, num_test   toy2d / gaussian: number of examples.
+  dequantize   read by the objective (uniform dequantization with a continuous decoder).
+
+The MNIST files are checked against data_dir/SHA256SUMS, or without one against the originals'
+published SHA-256 (`MNIST_SHA256`), before they are decoded: a damaged or truncated download
+fails with an error naming the file.
 
 Batches
 -------
@@ -50,19 +59,25 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
 import importlib
 import importlib.util
-import math
 import os
 import pickle
+import zlib
 from typing import Any, Iterator, Mapping, Optional
 
 from absl import logging
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-DATASETS = ("digits", "mnist", "cifar10", "toy2d", "gaussian")
+from vdm import checks
+# The encoding lives on the math side; re-exported here for code that imports it from data.
+from vdm.diffusion.encoding import (decode, dequantization_offset_bpd, dequantize,  # noqa: F401
+                                    encode)
+
+IMAGE_DATASETS = ("digits", "mnist", "cifar10")
+CUSTOM = "custom"   # arrays passed in (`from_arrays`), not loaded from a source
+DATASETS = IMAGE_DATASETS + ("toy2d", "gaussian", CUSTOM)
 TOY_NAMES = ("swiss_roll", "two_moons", "eight_gaussians")
 
 MNIST_URL = "http://yann.lecun.com/exdb/mnist/"
@@ -72,6 +87,19 @@ MNIST_FILES = {
     "test_images": "t10k-images-idx3-ubyte.gz",
     "test_labels": "t10k-labels-idx1-ubyte.gz",
 }
+# SHA-256 of the four original files (as distributed at MNIST_URL). load_mnist_arrays checks the
+# files against DIR/SHA256SUMS when data_dir has one (sha256sum's format), else against these.
+SHA256SUMS = "SHA256SUMS"
+MNIST_SHA256 = {
+    "train-images-idx3-ubyte.gz":
+        "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    "train-labels-idx1-ubyte.gz":
+        "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    "t10k-images-idx3-ubyte.gz":
+        "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    "t10k-labels-idx1-ubyte.gz":
+        "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+}
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_DIRNAME = "cifar-10-batches-py"
 CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -79,8 +107,6 @@ CIFAR10_TEST_FILE = "test_batch"
 
 DIGITS_NUM_TEST = 297  # load_digits has 1797 images: the first 1500 train, the last 297 test.
 
-_DEFAULT_NUM_TRAIN = 10000
-_DEFAULT_NUM_TEST = 2000
 _TOY_NOISE = {"swiss_roll": 0.5, "two_moons": 0.05, "eight_gaussians": 0.5}
 
 # Fixed stream identifiers so that independent random streams derived from one seed never
@@ -139,62 +165,52 @@ class Dataset:
 # ----------------------------------------------------------------------------------------------
 
 
-def _field(cfg: Any, name: str, default: Any = None) -> Any:
-  """cfg.name if present (ConfigDict or Mapping), else default."""
-  if cfg is None:
-    return default
-  if isinstance(cfg, Mapping) or hasattr(cfg, "get"):
-    value = cfg.get(name, default)
-  else:
-    value = getattr(cfg, name, default)
-  return default if value is None else value
+def _get(data_config: Any, name: str) -> Any:
+  """data_config.name, read directly (a ConfigDict or a Mapping): a missing field fails loudly.
+
+  configs/base.py defines every field of the `data` group, with its default; a config built by
+  hand must start from `get_base_config().data`.
+  """
+  try:
+    return data_config[name]
+  except (KeyError, AttributeError, TypeError):
+    raise KeyError(f"data.{name} is missing from the data config; start from "
+                   f"configs/base.py's get_base_config().data, which defines every data "
+                   f"field with its default") from None
 
 
-def _positive_int(value: Any, field: str) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-    raise ValueError(f"{field} must be a positive integer, got {value!r}.")
-  return int(value)
-
-
-def _nonnegative_int(value: Any, field: str) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-    raise ValueError(f"{field} must be a non-negative integer, got {value!r}.")
-  return int(value)
-
-
-def _check_num_levels(num_levels: Any) -> int:
-  if isinstance(num_levels, bool) or not isinstance(num_levels, (int, np.integer)) \
-          or num_levels < 2:
-    raise ValueError(f"num_levels must be an integer >= 2 for discrete data, got "
-                     f"{num_levels!r}.")
-  return int(num_levels)
+def _toy_noise(data_config: Any) -> float:
+  noise = _get(data_config, "toy_noise")   # None: the per-toy default
+  if noise is None:
+    return _TOY_NOISE[_get(data_config, "toy_name")]
+  return checks.number("data.toy_noise", noise, low=0.0)
 
 
 def _validate(data_config: Any) -> str:
   """Checks the data group before any file is read; returns the dataset name."""
-  name = _field(data_config, "dataset")
-  if name not in DATASETS:
-    raise ValueError(f"data.dataset must be one of {list(DATASETS)}, got {name!r}.")
-  is_image = name in ("digits", "mnist", "cifar10")
-  if _field(data_config, "pad_to_32", False) and name != "mnist":
+  name = checks.choice("data.dataset", _get(data_config, "dataset"), DATASETS)
+  if name == CUSTOM:
+    raise ValueError(
+        "data.dataset='custom' names arrays passed in, not a source to load: build them with "
+        "vdm.data.from_arrays(train, test, num_levels=...) and pass dataset= to "
+        "vdm.train.train_and_evaluate (or restore / evaluate / sample)")
+  is_image = name in IMAGE_DATASETS
+  if checks.boolean("data.pad_to_32", _get(data_config, "pad_to_32")) and name != "mnist":
     raise ValueError(f"data.pad_to_32 applies only to data.dataset='mnist', got "
                      f"data.dataset={name!r}.")
-  if _field(data_config, "random_flip", False) and not is_image:
+  if checks.boolean("data.random_flip", _get(data_config, "random_flip")) and not is_image:
     raise ValueError(f"data.random_flip applies only to image datasets "
-                     f"['digits', 'mnist', 'cifar10'], got data.dataset={name!r}.")
+                     f"{list(IMAGE_DATASETS)}, got data.dataset={name!r}.")
+  checks.boolean("data.use_tfds", _get(data_config, "use_tfds"))
   if name == "toy2d":
-    toy = _field(data_config, "toy_name")
-    if toy not in TOY_NAMES:
-      raise ValueError(f"data.toy_name must be one of {list(TOY_NAMES)}, got {toy!r}.")
-    noise = _field(data_config, "toy_noise", _TOY_NOISE[toy])
-    if not isinstance(noise, (int, float)) or noise < 0:
-      raise ValueError(f"data.toy_noise must be a number >= 0, got {noise!r}.")
+    checks.choice("data.toy_name", _get(data_config, "toy_name"), TOY_NAMES)
+    _toy_noise(data_config)
   if name == "gaussian":
-    _positive_int(_field(data_config, "dim"), "data.dim")
+    checks.positive_int("data.dim", _get(data_config, "dim"))
   if name in ("toy2d", "gaussian"):
-    _nonnegative_int(_field(data_config, "seed", 0), "data.seed")
-    _positive_int(_field(data_config, "num_train", _DEFAULT_NUM_TRAIN), "data.num_train")
-    _positive_int(_field(data_config, "num_test", _DEFAULT_NUM_TEST), "data.num_test")
+    checks.nonnegative_int("data.seed", _get(data_config, "seed"))
+    checks.positive_int("data.num_train", _get(data_config, "num_train"))
+    checks.positive_int("data.num_test", _get(data_config, "num_test"))
   return name
 
 
@@ -210,6 +226,30 @@ def _require_file(path: str, what: str, url: str, field: str = "data.data_dir") 
         f"{url} and set {field} to the directory that holds it.")
 
 
+def _sha256sums(data_dir: str) -> Optional[dict]:
+  """{file name: hex digest} from DIR/SHA256SUMS (sha256sum's format), or None if absent."""
+  path = os.path.join(data_dir, SHA256SUMS)
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    rows = [line.split() for line in f if line.strip()]
+  if any(len(r) != 2 for r in rows):
+    raise ValueError(f"{path!r}: expected lines '<sha256>  <file name>' (sha256sum's format)")
+  return {name.lstrip("*"): digest for digest, name in rows}
+
+
+def check_sha256(path: str, expected: str, url: str) -> None:
+  """Raises ValueError naming the file unless its SHA-256 is `expected` (hex)."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  if digest.hexdigest() != expected:
+    raise ValueError(f"{path!r} is not the original file: its SHA-256 is {digest.hexdigest()}, "
+                     f"expected {expected} (a truncated or damaged download?); download it "
+                     f"again from {url}.")
+
+
 def read_idx(path: str) -> np.ndarray:
   """Reads an IDX file (plain or .gz) into a numpy array in native byte order.
 
@@ -222,8 +262,12 @@ def read_idx(path: str) -> np.ndarray:
   if not os.path.isfile(path):
     raise FileNotFoundError(f"IDX file {os.path.basename(path)!r} not found at {path!r}.")
   opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "rb") as f:
-    raw = f.read()
+  try:
+    with opener(path, "rb") as f:
+      raw = f.read()
+  except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+    raise ValueError(f"{path!r} is damaged or truncated ({type(e).__name__}: {e}); download "
+                     f"it again.") from None
   if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
     raise ValueError(f"{path!r} is not an IDX file: magic bytes {raw[:4]!r}; expected "
                      f"0x00 0x00, a type code in {[hex(c) for c in _IDX_DTYPES]} and ndim.")
@@ -252,8 +296,14 @@ def load_mnist_arrays(data_dir: str) -> dict:
     raise ValueError("data.data_dir must name the directory that holds the MNIST files "
                      f"{list(MNIST_FILES.values())} (from {MNIST_URL}).")
   paths = {k: os.path.join(data_dir, f) for k, f in MNIST_FILES.items()}
-  for path in paths.values():  # all present before reading anything
+  for path in paths.values():  # all present and intact before decoding anything
     _require_file(path, "MNIST", MNIST_URL)
+  digests = _sha256sums(data_dir) or MNIST_SHA256
+  for path in paths.values():
+    name = os.path.basename(path)
+    if name not in digests:
+      raise ValueError(f"{os.path.join(data_dir, SHA256SUMS)} lists no digest for {name!r}")
+    check_sha256(path, digests[name], MNIST_URL)
   out = {k: read_idx(p) for k, p in paths.items()}
   for split in ("train", "test"):
     images, labels = out[f"{split}_images"], out[f"{split}_labels"]
@@ -323,7 +373,7 @@ def _load_tfds_arrays(name: str, tfds_data_dir: Optional[str]) -> dict:
 
 
 def _use_tfds(data_config: Any) -> bool:
-  if not _field(data_config, "use_tfds", False):
+  if not _get(data_config, "use_tfds"):
     return False
   if importlib.util.find_spec("tensorflow_datasets") is None:
     logging.warning("data.use_tfds=True but tensorflow_datasets is not importable; "
@@ -363,11 +413,9 @@ def _toy2d_raw(toy_name: str, num: int, noise: float, rng: np.random.Generator) 
 
 
 def _load_toy2d(data_config: Any) -> Dataset:
-  toy = _field(data_config, "toy_name")
-  seed = _field(data_config, "seed", 0)
-  noise = float(_field(data_config, "toy_noise", _TOY_NOISE[toy]))
-  n_train = _field(data_config, "num_train", _DEFAULT_NUM_TRAIN)
-  n_test = _field(data_config, "num_test", _DEFAULT_NUM_TEST)
+  toy, seed = _get(data_config, "toy_name"), _get(data_config, "seed")
+  noise = float(_toy_noise(data_config))
+  n_train, n_test = _get(data_config, "num_train"), _get(data_config, "num_test")
   train, train_labels = _toy2d_raw(toy, n_train, noise, _rng(seed, _STREAM_TRAIN))
   test, test_labels = _toy2d_raw(toy, n_test, noise, _rng(seed, _STREAM_TEST))
   # Standardize both splits with the training statistics: train has mean 0, std 1 per axis.
@@ -387,8 +435,8 @@ def gaussian_params(data_config: Any) -> tuple:
 
   Returns: (mu float64 [D], s float64 [D]).
   """
-  dim = _positive_int(_field(data_config, "dim"), "data.dim")
-  seed = _nonnegative_int(_field(data_config, "seed", 0), "data.seed")
+  dim = checks.positive_int("data.dim", _get(data_config, "dim"))
+  seed = checks.nonnegative_int("data.seed", _get(data_config, "seed"))
   rng = _rng(seed, _STREAM_GAUSSIAN_PARAMS)
   mu = rng.uniform(-1.0, 1.0, dim)
   s = np.exp(rng.uniform(np.log(0.1), 0.0, dim))
@@ -397,9 +445,8 @@ def gaussian_params(data_config: Any) -> tuple:
 
 def _load_gaussian(data_config: Any) -> Dataset:
   mu, s = gaussian_params(data_config)
-  seed = _field(data_config, "seed", 0)
-  n_train = _field(data_config, "num_train", _DEFAULT_NUM_TRAIN)
-  n_test = _field(data_config, "num_test", _DEFAULT_NUM_TEST)
+  seed = _get(data_config, "seed")
+  n_train, n_test = _get(data_config, "num_train"), _get(data_config, "num_test")
   sample = lambda n, stream: (mu + s * _rng(seed, stream).standard_normal((n, mu.size))
                               ).astype(np.float32)
   return Dataset(name="gaussian", train=sample(n_train, _STREAM_TRAIN),
@@ -442,19 +489,19 @@ def load_dataset(data_config: Any) -> Dataset:
                           num_levels=17)
   if name == "mnist":
     if _use_tfds(data_config):
-      arrays = _load_tfds_arrays("mnist", _field(data_config, "tfds_data_dir"))
+      arrays = _load_tfds_arrays("mnist", (_get(data_config, "tfds_data_dir") or None))
     else:
-      arrays = load_mnist_arrays(_field(data_config, "data_dir"))
-    if _field(data_config, "pad_to_32", False):
+      arrays = load_mnist_arrays(_get(data_config, "data_dir"))
+    if _get(data_config, "pad_to_32"):
       for k in ("train_images", "test_images"):
         pad = [(0, 0), (2, 2), (2, 2)] + [(0, 0)] * (arrays[k].ndim - 3)
         arrays[k] = np.pad(arrays[k], pad)  # zeros = background
     return _image_dataset(name, arrays, num_levels=256)
   if name == "cifar10":
     if _use_tfds(data_config):
-      arrays = _load_tfds_arrays("cifar10", _field(data_config, "tfds_data_dir"))
+      arrays = _load_tfds_arrays("cifar10", (_get(data_config, "tfds_data_dir") or None))
     else:
-      arrays = load_cifar10_arrays(_field(data_config, "data_dir"))
+      arrays = load_cifar10_arrays(_get(data_config, "data_dir"))
     return _image_dataset(name, arrays, num_levels=256)
   if name == "toy2d":
     return _load_toy2d(data_config)
@@ -462,68 +509,105 @@ def load_dataset(data_config: Any) -> Dataset:
 
 
 # ----------------------------------------------------------------------------------------------
-# On-device encoding (pure jax)
+# Your own arrays
 # ----------------------------------------------------------------------------------------------
 
 
-def encode(v: jax.Array, num_levels: Optional[int], dtype=jnp.float32) -> jax.Array:
-  """Integer pixels v in {0..K-1} -> x = 2v/(K-1) - 1 in [-1, 1] (DESIGN.md).
-
-  Computed as (2v - (K-1)) / (K-1) so that both endpoints are exact in float32.
-  For continuous data (num_levels None) x = v, cast to `dtype`.
-
-  Args: v: any shape, integer (or float) values. Returns: `dtype` array of the same shape.
-  """
+def _check_split(name: str, array: Any, num_levels: Optional[int]) -> np.ndarray:
+  """One split of `from_arrays`, checked and converted (see there)."""
+  a = np.asarray(array)
+  if a.ndim < 2 or a.shape[0] < 1 or 0 in a.shape:
+    raise ValueError(f"{name} must be an array [N, ...] of N >= 1 examples with no empty axis, "
+                     f"got shape {a.shape}")
   if num_levels is None:
-    return jnp.asarray(v, dtype)
-  k1 = _check_num_levels(num_levels) - 1
-  return (2.0 * jnp.asarray(v, dtype) - k1) / k1
+    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+      raise ValueError(f"{name} must hold numbers, got dtype {a.dtype}")
+    a = a.astype(np.float32)
+    if not np.all(np.isfinite(a)):
+      raise ValueError(f"{name} holds NaN or inf (at flat index "
+                       f"{int(np.flatnonzero(~np.isfinite(a))[0])})")
+    return np.ascontiguousarray(a)
+  if np.issubdtype(a.dtype, np.floating):
+    if not np.all(np.isfinite(a)) or not np.all(a == np.round(a)):
+      raise ValueError(f"{name}: with num_levels={num_levels} the values must be integer "
+                       f"levels 0..{num_levels - 1}, got non-integer floats (to pass data "
+                       f"already scaled to [-1, 1], map it back with round((x + 1) (K - 1) / 2))")
+  elif not np.issubdtype(a.dtype, np.integer):
+    raise ValueError(f"{name} must hold integer levels, got dtype {a.dtype}")
+  lo, hi = a.min(), a.max()
+  if lo < 0 or hi > num_levels - 1:
+    raise ValueError(f"{name}: levels must lie in 0..{num_levels - 1} (num_levels="
+                     f"{num_levels}), got values in [{lo}, {hi}]")
+  return np.ascontiguousarray(a.astype(np.uint8 if num_levels <= 256 else np.int32))
 
 
-def decode(x: jax.Array, num_levels: Optional[int]) -> jax.Array:
-  """x in model space -> nearest integer level, clipped to {0..K-1}; int32, same shape.
+def _check_labels(name: str, labels: Any, n: int) -> Optional[np.ndarray]:
+  if labels is None:
+    return None
+  labels = np.asarray(labels)
+  if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f"{name} must be integers [{n}], one per example, got {labels.dtype} "
+                     f"{labels.shape}")
+  return labels.astype(np.int64)
 
-  Ties round up: level v owns x in [encode(v) - 1/(K-1), encode(v) + 1/(K-1)), which is
-  exactly the support of `dequantize(.., v, K)`. For continuous data (num_levels None)
-  returns x unchanged.
+
+def from_arrays(train: Any, test: Any, num_levels: Optional[int] = None, name: str = CUSTOM,
+                train_labels: Any = None, test_labels: Any = None) -> Dataset:
+  """A `Dataset` of your own arrays, for `vdm.train.train_and_evaluate(..., dataset=...)`.
+
+  Args:
+    train, test: the training and held-out splits, [N, ...] with the same per-example shape.
+      Images are [N, H, W, C] (NHWC). With num_levels K: integer levels 0..K-1 (any integer
+      dtype, or floats holding whole numbers), stored as uint8 (K <= 256) or int32, and seen
+      by the model as x = 2v/(K-1) - 1 in [-1, 1] with the discretized decoder over K levels.
+      With num_levels None: continuous data, stored as float32 and fed to the model as is
+      (a continuous Gaussian decoder; the bound is then a density, not a discrete NLL).
+    num_levels: K >= 2, or None for continuous data.
+    name: a label stored with the run (run.json); config.data.dataset must be 'custom'.
+    train_labels, test_labels: optional integer class labels [N].
+  Returns: a Dataset; `is_image` is True for 4-D integer-level data [N, H, W, C].
   """
-  if num_levels is None:
-    return jnp.asarray(x)
-  k1 = _check_num_levels(num_levels) - 1
-  v = jnp.floor((jnp.asarray(x) + 1.0) * (0.5 * k1) + 0.5)
-  return jnp.clip(v, 0, k1).astype(jnp.int32)
+  num_levels = checks.optional_num_levels("num_levels", num_levels)
+  if not isinstance(name, str) or not name:
+    raise ValueError(f"name must be a non-empty string, got {name!r}")
+  if name in DATASETS and name != CUSTOM:
+    raise ValueError(f"name {name!r} is a built-in source of vdm.data (one of "
+                     f"{list(DATASETS[:-1])}); pick another name for your own arrays")
+  train = _check_split("train", train, num_levels)
+  test = _check_split("test", test, num_levels)
+  if train.shape[1:] != test.shape[1:]:
+    raise ValueError(f"train and test must have the same per-example shape, got "
+                     f"{train.shape[1:]} and {test.shape[1:]}")
+  return Dataset(name=name, train=train, test=test, num_levels=num_levels,
+                 shape=tuple(int(d) for d in train.shape[1:]),
+                 is_image=num_levels is not None and train.ndim == 4,
+                 train_labels=_check_labels("train_labels", train_labels, train.shape[0]),
+                 test_labels=_check_labels("test_labels", test_labels, test.shape[0]))
 
 
-def dequantize(key: jax.Array, v: jax.Array, num_levels: int, dtype=jnp.float32) -> jax.Array:
-  """Uniform dequantization: x = encode(v + u - 1/2) with u ~ U[0, 1) iid per element.
+def check_dataset_matches_config(dataset: Dataset, data_config: Any) -> None:
+  """Raises ValueError unless a passed-in dataset agrees with the `data` group.
 
-  Scaling: with y = v + u in [0, K), x = (2y - K)/(K - 1), i.e. x = encode(v) + (2u - 1)/(K-1),
-  uniform on the bin [encode(v) - 1/(K-1), encode(v) + 1/(K-1)) of half-width 1/(K-1) that
-  the discretized decoder assigns to v; dx/dy = 2/(K-1). See `dequantization_offset_bpd`.
-
-  Args: key: PRNG key; v: integer pixels, any shape. Returns: `dtype`, same shape as v.
+  data.dataset must be 'custom' (arrays of your own) or the name of the built-in source the
+  dataset was loaded from (a `load_dataset` result passed in); data.random_flip needs images;
+  data.pad_to_32 applies only to loading mnist; data.dequantize needs integer levels.
   """
-  k1 = _check_num_levels(num_levels) - 1
-  u = jax.random.uniform(key, jnp.shape(v), dtype)
-  return encode(v, num_levels, dtype) + (2.0 * u - 1.0) / k1
-
-
-def dequantization_offset_bpd(num_levels: int) -> float:
-  """Bits/dim to add to a continuous bound in x-space to bound the discrete NLL: log2((K-1)/2).
-
-  Derivation (one dimension; dimensions add, so the per-dimension offset is the same). A
-  continuous density p_x on x defines discrete probabilities of integer v through the
-  dequantization y = v + u, u ~ U[0, 1), and the affine map x = (2y - K)/(K - 1) of
-  `dequantize` (dx/dy = a = 2/(K-1)). The density of y is p_y(y) = p_x(x(y)) |a|, so
-      P(v) = int_0^1 p_y(v + u) du >= exp E_u[log p_y(v + u)]                (Jensen)
-           = exp( E_u[log p_x(x)] + log|a| ),
-  hence, in bits,
-      -log2 P(v) <= E_u[-log2 p_x(x)] - log2|dx/dy| = E_u[-log2 p_x(x)] + log2((K-1)/2).
-  Dividing by D: discrete bpd <= continuous bpd in x-space + log2((K-1)/2), with equality when
-  p_x is constant on each bin. For K = 256 the offset is log2(127.5) = 6.9944 bits/dim (the
-  often quoted log2(128) = 7 belongs to the scaling x = 2y/K - 1 instead).
-  """
-  return math.log2((_check_num_levels(num_levels) - 1) / 2.0)
+  if not isinstance(dataset, Dataset):
+    raise ValueError(f"dataset must be a vdm.data.Dataset (see vdm.data.from_arrays), got "
+                     f"{type(dataset).__name__}")
+  name = checks.choice("data.dataset", _get(data_config, "dataset"), DATASETS)
+  if name not in (CUSTOM, dataset.name):
+    raise ValueError(f"data.dataset={name!r} but the dataset passed in is {dataset.name!r}: "
+                     f"set data.dataset='{CUSTOM}' for arrays of your own (vdm.data.from_arrays)")
+  if _get(data_config, "random_flip") and not dataset.is_image:
+    raise ValueError(f"data.random_flip applies only to image data [N, H, W, C] with "
+                     f"num_levels; the dataset passed in has shape {dataset.shape} and "
+                     f"num_levels {dataset.num_levels}")
+  if _get(data_config, "pad_to_32") and name == CUSTOM:
+    raise ValueError("data.pad_to_32 applies only to loading mnist; pad your arrays yourself")
+  if _get(data_config, "dequantize") and dataset.num_levels is None:
+    raise ValueError("data.dequantize=True needs integer data (from_arrays(..., num_levels=K))"
+                     "; the dataset passed in is continuous (num_levels None)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -533,10 +617,10 @@ def dequantization_offset_bpd(num_levels: int) -> float:
 
 def _local_batch_size(global_batch_size: int, process_index: int, process_count: int,
                       local_device_count: int) -> int:
-  global_batch_size = _positive_int(global_batch_size, "global_batch_size")
-  process_count = _positive_int(process_count, "process_count")
-  local_device_count = _positive_int(local_device_count, "local_device_count")
-  process_index = _nonnegative_int(process_index, "process_index")
+  global_batch_size = checks.positive_int("global_batch_size", global_batch_size)
+  process_count = checks.positive_int("process_count", process_count)
+  local_device_count = checks.positive_int("local_device_count", local_device_count)
+  process_index = checks.nonnegative_int("process_index", process_index)
   if process_index >= process_count:
     raise ValueError(f"process_index must be in [0, process_count={process_count}), got "
                      f"{process_index}.")
@@ -569,9 +653,9 @@ def batch_indices(num_examples: int, *, seed: int, step: int, global_batch_size:
 
   Returns: int64 [global_batch_size // process_count].
   """
-  n = _positive_int(num_examples, "num_examples")
-  seed = _nonnegative_int(seed, "seed")
-  step = _nonnegative_int(step, "step")
+  n = checks.positive_int("num_examples", num_examples)
+  seed = checks.nonnegative_int("seed", seed)
+  step = checks.nonnegative_int("step", step)
   local = _local_batch_size(global_batch_size, process_index, process_count,
                             local_device_count)
   positions = step * global_batch_size + process_index * local + np.arange(local, dtype=np.int64)
@@ -590,8 +674,8 @@ def flip_mask(*, seed: int, step: int, global_batch_size: int, process_index: in
 
   One fair coin per position of the global batch, drawn from (seed, step).
   """
-  seed = _nonnegative_int(seed, "seed")
-  step = _nonnegative_int(step, "step")
+  seed = checks.nonnegative_int("seed", seed)
+  step = checks.nonnegative_int("step", step)
   local = _local_batch_size(global_batch_size, process_index, process_count,
                             local_device_count)
   coins = _rng(seed, _STREAM_FLIP, step).random(global_batch_size) < 0.5
@@ -636,7 +720,7 @@ def iterate_batches(data: Any, *, seed: int, start_step: int = 0, global_batch_s
                     local_device_count: int = 1, random_flip: bool = False
                     ) -> Iterator[np.ndarray]:
   """Endless iterator of `get_batch` for steps start_step, start_step + 1, ..."""
-  step = _nonnegative_int(start_step, "start_step")
+  step = checks.nonnegative_int("start_step", start_step)
   while True:
     yield get_batch(data, seed=seed, step=step, global_batch_size=global_batch_size,
                     process_index=process_index, process_count=process_count,
@@ -646,8 +730,8 @@ def iterate_batches(data: Any, *, seed: int, start_step: int = 0, global_batch_s
 
 def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
   """Number of batches `eval_batches` yields (the same on every process)."""
-  return -(-_positive_int(num_examples, "num_examples")
-           // _positive_int(global_batch_size, "global_batch_size"))
+  return -(-checks.positive_int("num_examples", num_examples)
+           // checks.positive_int("global_batch_size", global_batch_size))
 
 
 def eval_batches(array: np.ndarray, *, global_batch_size: int, process_index: int = 0,

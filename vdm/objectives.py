@@ -28,6 +28,7 @@ from vdm import checks
 from vdm import random_streams as streams
 from vdm.diffusion import timesteps as timestep_samplers
 from vdm.diffusion.ddpm import GaussianDiffusion
+from vdm.diffusion.encoding import dequantization_offset_bpd, dequantize as dequantize_fn, encode
 from vdm.diffusion.schedules import get_beta_schedule
 
 OBJECTIVES = ("ddpm", "vdm")
@@ -71,7 +72,6 @@ def _num_dims(shape) -> int:
 
 def encode_data(v, num_levels: Optional[int], dequantize: bool, keys=None):
   """Stored data [B, ...] -> model scale; uniform dequantization needs per-example keys [B]."""
-  from vdm.data import dequantize as dequantize_fn, encode
   if not dequantize:
     return encode(v, num_levels)
   if keys is None:
@@ -216,7 +216,6 @@ def build_objective(config, data_shape: tuple, num_levels: Optional[int], denois
   if dequantize and num_levels is None:
     raise ValueError("data.dequantize=True needs integer data (num_levels); the data set is "
                      "continuous")
-  from vdm.data import dequantization_offset_bpd
   offset = dequantization_offset_bpd(num_levels) if dequantize else 0.0
   levels = None if dequantize else num_levels
   if kind == "ddpm":

@@ -21,7 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vdm import checks
 from vdm.diffusion import gaussian as G
+from vdm.static_fn import static_fn
 
 MEAN_TYPES = ("eps", "x0", "mean")
 VAR_TYPES = ("fixed_small", "fixed_large", "learned", "learned_range")
@@ -29,11 +31,6 @@ LOSS_TYPES = ("kl", "mse", "hybrid")
 
 # Tolerance of the check that concrete data lie in [-1, 1] (rounding of 2v/(K-1) - 1).
 _X0_RANGE_TOL = 1e-5
-
-
-def _check_choice(name: str, value, allowed) -> None:
-  if value not in allowed:
-    raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
 
 
 def _is_concrete(x) -> bool:
@@ -76,17 +73,13 @@ class GaussianDiffusion:
   def __init__(self, betas, mean_type: str, var_type: str, loss_type: str,
                num_levels: Optional[int] = 256, decoder_approx: Optional[str] = None,
                hybrid_lambda: float = 0.001, t_chunk_size: Optional[int] = 25):
-    _check_choice("mean_type", mean_type, MEAN_TYPES)
-    _check_choice("var_type", var_type, VAR_TYPES)
-    _check_choice("loss_type", loss_type, LOSS_TYPES)
-    _check_choice("decoder_approx", decoder_approx, G.DECODER_APPROX)
-    if num_levels is not None:
-      G._check_levels(num_levels)
-    if not (np.isfinite(hybrid_lambda) and hybrid_lambda >= 0):
-      raise ValueError(f"hybrid_lambda must be a finite number >= 0, got {hybrid_lambda!r}")
-    if t_chunk_size is not None and (isinstance(t_chunk_size, bool) or
-                                     int(t_chunk_size) != t_chunk_size or t_chunk_size < 1):
-      raise ValueError(f"t_chunk_size must be None or a positive integer, got {t_chunk_size!r}")
+    checks.choice("mean_type", mean_type, MEAN_TYPES)
+    checks.choice("var_type", var_type, VAR_TYPES)
+    checks.choice("loss_type", loss_type, LOSS_TYPES)
+    checks.choice("decoder_approx", decoder_approx, G.DECODER_APPROX)
+    num_levels = checks.optional_num_levels("num_levels", num_levels)
+    hybrid_lambda = checks.number("hybrid_lambda", hybrid_lambda, low=0.0)
+    t_chunk_size = checks.optional_positive_int("t_chunk_size", t_chunk_size)
     betas = np.asarray(betas, dtype=np.float64)
     if betas.ndim != 1 or betas.size < 1:
       raise ValueError(f"betas must be a non-empty 1-D array [T], got shape {betas.shape}")
@@ -350,7 +343,8 @@ class GaussianDiffusion:
     self._check_same_shape(x0, x_t, "x0", "x_t")
     t = self._check_t(t, x0.shape[0])
     self._split_output(jnp.asarray(model_output), x_t)  # channel check before compiling
-    return _vb_terms_jit(self, model_output, x0, x_t, t, bool(clip_denoised))[0]
+    clip_denoised = checks.boolean("clip_denoised", clip_denoised)
+    return _vb_terms_jit(self, model_output, x0, x_t, t, clip_denoised)[0]
 
   def prior_bpd(self, x0):
     """L_T = KL(q(x_T | x0) || N(0, I)) in bits/dim [B], with alphas_cumprod[T-1]."""
@@ -382,7 +376,8 @@ class GaussianDiffusion:
         `mse` [B, T] (mean-flat squared error of the implied eps against the true noise).
     """
     x0 = self._check_x0(x0)
-    return _calc_bpd_jit(self, model_fn, params, x0, key, bool(clip_denoised))
+    clip_denoised = checks.boolean("clip_denoised", clip_denoised)
+    return _calc_bpd_jit(self, static_fn(model_fn), params, x0, key, clip_denoised)
 
   def _calc_bpd_impl(self, model_fn, params, x0, key, clip_denoised):
     T, B = self.num_timesteps, x0.shape[0]
@@ -514,14 +509,16 @@ class GaussianDiffusion:
       (x_T first, the samples last) and `pred_x0` [T, B, ..., C] (the prediction at each step,
       from t = T-1 down)).
     """
-    shape = tuple(int(s) for s in shape)
-    if len(shape) < 2 or min(shape) < 1:
+    shape = tuple(shape)
+    if len(shape) < 2:
       raise ValueError(f"shape must be [B, ..., C] with positive sizes, got {shape}")
+    shape = tuple(checks.positive_int(f"shape[{i}]", s) for i, s in enumerate(shape))
     dtype = jnp.asarray(0.0).dtype if dtype is None else jnp.dtype(dtype)
     if not jnp.issubdtype(dtype, jnp.floating):
       raise ValueError(f"dtype must be a float dtype, got {dtype}")
-    return _p_sample_loop_jit(self, model_fn, params, shape, key, bool(clip_denoised),
-                              bool(return_trajectory), dtype)
+    return _p_sample_loop_jit(self, static_fn(model_fn), params, shape, key,
+                              checks.boolean("clip_denoised", clip_denoised),
+                              checks.boolean("return_trajectory", return_trajectory), dtype)
 
   def _p_sample_loop_impl(self, model_fn, params, shape, key, clip_denoised,
                           return_trajectory, dtype):
@@ -545,8 +542,10 @@ class GaussianDiffusion:
     return x0, {"x": jnp.concatenate([x_T[None], xs], axis=0), "pred_x0": pred_x0}
 
 
-# jit with the diffusion object (hashed by its configuration), model_fn (by identity) and the
-# flags static: one compilation per (configuration, model_fn, shapes), cached by jax.
+# jit with the diffusion object (hashed by its configuration), model_fn (wrapped in
+# vdm.static_fn.StaticFn: keyed by its code and the values it closes over, so a fresh lambda
+# over the same network reuses the program) and the flags static; params are traced. One
+# compilation per (configuration, model function, shapes), cached by jax.
 _calc_bpd_jit = jax.jit(GaussianDiffusion._calc_bpd_impl, static_argnums=(0, 1, 5))
 _vb_terms_jit = jax.jit(GaussianDiffusion._vb_terms, static_argnums=(0, 5))
 _p_sample_loop_jit = jax.jit(GaussianDiffusion._p_sample_loop_impl,
@@ -577,7 +576,7 @@ def rate_distortion(bpd_dict, num_levels: int = 256):
     of the latent held: T-1..0), `rate` (float64 bits/dim), `distortion` (float64 RMSE on the
     0..K-1 scale).
   """
-  G._check_levels(num_levels)
+  num_levels = checks.num_levels("num_levels", num_levels)
   prior = np.asarray(bpd_dict["prior_bpd"], np.float64)
   vb = np.asarray(bpd_dict["vb"], np.float64)
   xmse = np.asarray(bpd_dict["xstart_mse"], np.float64)

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vdm import checks
 from vdm.diffusion.schedules import alpha_sigma_from_gamma
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -89,8 +90,7 @@ def ddpm_optimal_model_fn(alphas_cumprod, mu, s, mean_type: str = "eps") -> Call
   returns E[eps | x_t] (mean_type 'eps') or E[x0 | x_t] ('x0'), both linear in x_t. params are
   ignored. The float64 table is cast to x_t's dtype when gathered.
   """
-  if mean_type not in ("eps", "x0"):
-    raise ValueError(f"mean_type must be one of ['eps', 'x0'], got {mean_type!r}")
+  checks.choice("mean_type", mean_type, ("eps", "x0"))
   mu, s = _check_gaussian(mu, s)
   table = np.asarray(alphas_cumprod, np.float64)
 
@@ -158,8 +158,7 @@ def ddpm_gaussian_bound(betas, var_type: str, mu, s, x0_mean, x0_var=0.0):
     dict of float64: `prior` [...], `vb` [..., T] (column t = code timestep t), `total` [...],
     all nats per example (summed over D).
   """
-  if var_type not in ORACLE_VAR_TYPES:
-    raise ValueError(f"var_type must be one of {list(ORACLE_VAR_TYPES)}, got {var_type!r}")
+  checks.choice("var_type", var_type, ORACLE_VAR_TYPES)
   mu, s = _check_gaussian(mu, s)
   m0, v0 = _moments(x0_mean, x0_var, mu.shape[0])
   betas, ab, post_var, coef1 = _ddpm_tables(betas)
@@ -185,6 +184,13 @@ def ddpm_gaussian_bound(betas, var_type: str, mu, s, x0_mean, x0_var=0.0):
   return {"prior": prior, "vb": vb, "total": prior + vb.sum(-1)}
 
 
+def _expm1mx(v: float) -> float:
+  """exp(v) - 1 - v for a Python float, without cancellation: sum_{k>=2} v^k / k! for |v| < 1/2."""
+  if abs(v) >= 0.5:
+    return math.expm1(v) - v
+  return sum(v**k / math.factorial(k) for k in range(2, 20))
+
+
 def _vdm_common(mu, s, gamma_0, gamma_1, x0_mean, x0_var):
   mu, s = _check_gaussian(mu, s)
   m0, v0 = _moments(x0_mean, x0_var, mu.shape[0])
@@ -195,9 +201,11 @@ def _vdm_common(mu, s, gamma_0, gamma_1, x0_mean, x0_var):
   # 0.5 (log 2pi + g0 + 1), whatever x.
   recon = np.full(m0.shape[:-1], mu.shape[0] * 0.5 * (LOG_2PI + g0 + 1.0))
   # KL(N(alpha1 x, sigma1^2) || N(0, 1)) per dim, E over x: x^2 -> m0^2 + v0.
+  # sigma1^2 - 1 - log sigma1^2 = exp(lv) - 1 - lv with lv = log sigmoid(g1) = -log1p(e^-g1),
+  # summed as a series for small |lv| (large g1), where the direct form cancels.
   a1sq = 1.0 / (1.0 + math.exp(g1))           # sigmoid(-g1)
-  s1sq = 1.0 / (1.0 + math.exp(-g1))          # sigmoid(g1)
-  klz = np.sum(0.5 * (s1sq + a1sq * (m0**2 + v0) - math.log(s1sq) - 1.0), axis=-1)
+  lv1 = -math.log1p(math.exp(-g1)) if g1 > 0 else g1 - math.log1p(math.exp(g1))
+  klz = np.sum(0.5 * (_expm1mx(lv1) + a1sq * (m0**2 + v0)), axis=-1)
   c = (m0 - mu) ** 2 + v0                      # E (x - mu)^2
   return mu, s, g0, g1, recon, klz, c
 
@@ -252,18 +260,12 @@ def vdm_gaussian_bound_discrete(mu, s, gammas, x0_mean, x0_var=0.0):
 # (b) Enumerable discrete diffusion.
 # =============================================================================================
 
-def _check_int(name, value, minimum):
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-  return int(value)
-
-
 def uniform_transition_matrices(betas, num_categories: int) -> np.ndarray:
   """Q_t = (1 - beta_t) I + beta_t / K 1 1^T for each beta_t: float64 [T, K, K], rows sum to 1.
 
   Q_t[a, b] = q(x_t = b | x_{t-1} = a) (D3PM's uniform transition; Sohl-Dickstein et al. 2015).
   """
-  k = _check_int("num_categories", num_categories, 2)
+  k = checks.integer("num_categories", num_categories, minimum=2)
   betas = np.asarray(betas, np.float64)
   if betas.ndim != 1 or betas.size < 1 or not np.all((betas > 0) & (betas <= 1)):
     raise ValueError("betas must be a non-empty 1-D array of values in (0, 1]")
@@ -284,8 +286,10 @@ class DiscreteDiffusion:
   betas: tuple
 
   def __post_init__(self):
-    _check_int("num_vars", self.num_vars, 1)
-    _check_int("num_categories", self.num_categories, 2)
+    # Normalized to Python ints (a NumPy integer scalar is accepted, as everywhere).
+    object.__setattr__(self, "num_vars", checks.integer("num_vars", self.num_vars, minimum=1))
+    object.__setattr__(self, "num_categories",
+                       checks.integer("num_categories", self.num_categories, minimum=2))
     uniform_transition_matrices(np.asarray(self.betas), self.num_categories)
     if self.num_states > 4096:
       raise ValueError(f"K^D = {self.num_states} joint states is too many for the dense tables "
@@ -340,7 +344,7 @@ def reverse_log_probs(params):
 def random_reverse_params(dd: DiscreteDiffusion, seed: int, scale: float = 1.0):
   """A random reverse process: logits ~ N(0, scale^2) drawn with NumPy's generator `seed`.
   dict prior_logits [S], reverse_logits [T, S, S] (jnp, default float dtype)."""
-  rng = np.random.default_rng(_check_int("seed", seed, 0))
+  rng = np.random.default_rng(checks.integer("seed", seed, minimum=0))
   S, T = dd.num_states, dd.num_steps
   return {"prior_logits": jnp.asarray(scale * rng.standard_normal(S)),
           "reverse_logits": jnp.asarray(scale * rng.standard_normal((T, S, S)))}
@@ -476,15 +480,19 @@ def fit_reverse_table(dd: DiscreteDiffusion, params, p_data, num_steps: int = 30
                       learning_rate: float = 0.1):
   """Maximize E_{p_data}[ELBO] (exact, by enumeration) over the reverse tables with Adam.
 
+  One compilation per (dd, num_steps, learning_rate, shapes): params and p_data are traced.
   Returns (params, history float [num_steps + 1] of E[-ELBO] in nats, before each step and
   after the last).
   """
-  import optax  # local import: only this helper trains
-  num_steps = _check_int("num_steps", num_steps, 1)
-  if not learning_rate > 0:
-    raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
   from vdm import elbo as E
+  num_steps = checks.integer("num_steps", num_steps, minimum=1)
+  learning_rate = checks.number("learning_rate", learning_rate, low=0.0, low_open=True)
   states = E.enumerate_states(dd.num_vars * dd.num_steps, dd.num_categories)
+  return _fit_reverse_table_jit(dd, params, p_data, states, num_steps, learning_rate)
+
+
+def _fit_reverse_table_impl(dd, params, p_data, states, num_steps, learning_rate):
+  import optax  # local import: only this helper trains
   opt = optax.adam(learning_rate)
   loss_fn = lambda p: expected_neg_elbo(dd, p, p_data, states)
 
@@ -494,9 +502,8 @@ def fit_reverse_table(dd: DiscreteDiffusion, params, p_data, num_steps: int = 30
     upd, s = opt.update(g, s, p)
     return (optax.apply_updates(p, upd), s), loss
 
-  @jax.jit
-  def run(p):
-    (p, _), hist = jax.lax.scan(step, (p, opt.init(p)), None, length=num_steps)
-    return p, jnp.append(hist, loss_fn(p))
+  (params, _), hist = jax.lax.scan(step, (params, opt.init(params)), None, length=num_steps)
+  return params, jnp.append(hist, loss_fn(params))
 
-  return run(params)
+
+_fit_reverse_table_jit = jax.jit(_fit_reverse_table_impl, static_argnums=(0, 4, 5))

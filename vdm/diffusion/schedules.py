@@ -11,13 +11,9 @@ import math
 
 import numpy as np
 
+from vdm import checks
+
 BETA_SCHEDULES = ("linear", "cosine", "quad", "const", "jsd")
-
-
-def _check_num_timesteps(num_timesteps) -> int:
-  if isinstance(num_timesteps, bool) or int(num_timesteps) != num_timesteps or num_timesteps < 1:
-    raise ValueError(f"num_timesteps must be a positive integer, got {num_timesteps!r}")
-  return int(num_timesteps)
 
 
 def linear_betas(num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
@@ -74,9 +70,8 @@ def get_beta_schedule(name: str, num_timesteps: int, **kwargs) -> np.ndarray:
       beta_start, beta_end), `const` (kwarg beta, default 0.02), `jsd` (1/T, ..., 1).
     num_timesteps: T >= 1.
   """
-  if name not in _BUILDERS:
-    raise ValueError(f"beta schedule name must be one of {list(BETA_SCHEDULES)}, got {name!r}")
-  num_timesteps = _check_num_timesteps(num_timesteps)
+  checks.choice("beta schedule name", name, BETA_SCHEDULES)
+  num_timesteps = checks.positive_int("num_timesteps", num_timesteps)
   try:
     betas = _BUILDERS[name](num_timesteps, **kwargs)
   except TypeError as e:
@@ -205,11 +200,8 @@ class LearnedMonotoneGamma(nn.Module):
   def __call__(self, t):
     """t: [] or [B] in [0, 1] -> gamma(t), same shape."""
     _check_endpoints(self.gamma_min, self.gamma_max)
-    if isinstance(self.n_features, bool) or int(self.n_features) != self.n_features \
-        or self.n_features < 1:
-      raise ValueError(f"n_features must be a positive integer, got {self.n_features!r}")
-    if not self.min_slope > 0:
-      raise ValueError(f"min_slope must be > 0, got {self.min_slope!r}")
+    checks.positive_int("n_features", self.n_features)
+    checks.number("min_slope", self.min_slope, low=0.0, low_open=True)
     t = _as_time(t)
     b = self.param("b", nn.initializers.constant(self.gamma_min), (), self.param_dtype)
     w = self.param("w", nn.initializers.constant(self.gamma_max - self.gamma_min), (),
@@ -229,8 +221,7 @@ def get_gamma_schedule(name: str, **kwargs) -> nn.Module:
   """
   builders = {"fixed_linear": FixedLinearGamma, "learned_linear": LearnedLinearGamma,
               "learned_net": LearnedMonotoneGamma}
-  if name not in builders:
-    raise ValueError(f"gamma schedule name must be one of {list(GAMMA_SCHEDULES)}, got {name!r}")
+  checks.choice("gamma schedule name", name, GAMMA_SCHEDULES)
   try:
     return builders[name](**kwargs)
   except TypeError as e:

@@ -27,6 +27,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from vdm import checks
+
 
 class ImportanceState(NamedTuple):
   """State of the loss-second-moment sampler.
@@ -38,29 +40,23 @@ class ImportanceState(NamedTuple):
   counts: jax.Array
 
 
-def _check_positive_int(name, value):
-  if isinstance(value, bool) or int(value) != value or value < 1:
-    raise ValueError(f"{name} must be a positive integer, got {value!r}")
-  return int(value)
-
-
-def _check_uniform_prob(uniform_prob):
-  if not 0.0 <= uniform_prob <= 1.0:
-    raise ValueError(f"uniform_prob must lie in [0, 1], got {uniform_prob!r}")
+def _check_uniform_prob(uniform_prob) -> float:
+  """A number in [0, 1] -> float (`vdm.checks.number`)."""
+  return checks.number("uniform_prob", uniform_prob, 0.0, 1.0)
 
 
 def uniform_sample(key, num_timesteps: int, batch_size: int):
   """t ~ Uniform{0..T-1}: (t int32 [B], weights float32 [B] of ones)."""
-  num_timesteps = _check_positive_int("num_timesteps", num_timesteps)
-  batch_size = _check_positive_int("batch_size", batch_size)
+  num_timesteps = checks.positive_int("num_timesteps", num_timesteps)
+  batch_size = checks.positive_int("batch_size", batch_size)
   t = jax.random.randint(key, (batch_size,), 0, num_timesteps, dtype=jnp.int32)
   return t, jnp.ones((batch_size,), jnp.float32)
 
 
 def init(num_timesteps: int, history: int = 10, dtype=jnp.float32) -> ImportanceState:
   """An empty importance-sampler state for T = num_timesteps timesteps (losses in `dtype`)."""
-  num_timesteps = _check_positive_int("num_timesteps", num_timesteps)
-  history = _check_positive_int("history", history)
+  num_timesteps = checks.positive_int("num_timesteps", num_timesteps)
+  history = checks.positive_int("history", history)
   if not jnp.issubdtype(dtype, jnp.floating):
     raise ValueError(f"dtype must be a float dtype, got {dtype!r}")
   return ImportanceState(loss_history=jnp.zeros((num_timesteps, history), dtype),
@@ -75,7 +71,7 @@ def is_warm(state: ImportanceState):
 def probabilities(state: ImportanceState, uniform_prob: float = 0.001):
   """Sampling distribution p [T] (dtype of the history): uniform until warm, then
   (1 - uniform_prob) * sqrt(E[L_t^2]) / sum_t' sqrt(E[L_t'^2]) + uniform_prob / T."""
-  _check_uniform_prob(uniform_prob)
+  uniform_prob = _check_uniform_prob(uniform_prob)
   T = state.loss_history.shape[-2]
   rms = jnp.sqrt(jnp.mean(jnp.square(state.loss_history), axis=-1))
   total = jnp.sum(rms, axis=-1, keepdims=True)
@@ -92,9 +88,8 @@ def sample(state: ImportanceState, key, batch_size: int, uniform_prob: float = 0
 
   Returns (t int32 [B], weights [B] in the history's dtype) with weights = 1 / (T p_t).
   """
-  batch_size = _check_positive_int("batch_size", batch_size)
-  _check_uniform_prob(uniform_prob)
-  return _sample_jit(state, key, batch_size, float(uniform_prob))
+  batch_size = checks.positive_int("batch_size", batch_size)
+  return _sample_jit(state, key, batch_size, _check_uniform_prob(uniform_prob))
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))

@@ -29,8 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm.diffusion.gaussian import LOG2, gaussian_log_likelihood, normal_kl, sum_flat
+from vdm import checks
+from vdm.diffusion.gaussian import LOG2, expm1mx, gaussian_log_likelihood, sum_flat
 from vdm.diffusion.schedules import alpha_sigma_from_gamma
+from vdm.static_fn import static_fn
 
 LOSS_NAMES = ("loss_recon", "loss_klz", "loss_diff", "loss")
 
@@ -38,22 +40,13 @@ LOSS_NAMES = ("loss_recon", "loss_klz", "loss_diff", "loss")
 # ------------------------------------------------------------------------------ validation
 
 def check_num_levels(num_levels):
-  """num_levels is None (continuous Gaussian decoder) or an integer K >= 2."""
-  if num_levels is None:
-    return None
-  if isinstance(num_levels, bool) or not isinstance(num_levels, int) or num_levels < 2:
-    raise ValueError("num_levels must be None (continuous decoder) or an integer >= 2, got "
-                     f"{num_levels!r}")
-  return num_levels
+  """None (continuous Gaussian decoder) or an integer K >= 2 -> None or int (`vdm.checks`)."""
+  return checks.optional_num_levels("num_levels", num_levels)
 
 
 def check_num_steps(T, allow_zero: bool = True):
-  """T is an integer >= 0 (0 = continuous time), or >= 1 when allow_zero is False."""
-  low = 0 if allow_zero else 1
-  if isinstance(T, bool) or not isinstance(T, int) or T < low:
-    what = "an integer >= 0 (0 = continuous time)" if allow_zero else "an integer >= 1"
-    raise ValueError(f"T must be {what}, got {T!r}")
-  return T
+  """An integer T >= 0 (0 = continuous time), or >= 1 when allow_zero is False -> int."""
+  return checks.integer("T", T, minimum=0 if allow_zero else 1)
 
 
 def _is_concrete(x) -> bool:
@@ -116,14 +109,19 @@ def _bcast(v, x):
 def loss_klz(x, gamma_1):
   """Prior loss KL(q(z_1 | x) || N(0, I)) per example, nats (VDM, eq. 11, second term).
 
-  q(z_1 | x) = N(alpha_1 x, sigma_1^2 I). x: [B, ...]; gamma_1: scalar or [B]. Returns [B].
+  q(z_1 | x) = N(alpha_1 x, sigma_1^2 I), so per dimension, with lv = log sigma_1^2 =
+  log sigmoid(gamma_1),
+    KL = 0.5 (sigma_1^2 - 1 - lv + alpha_1^2 x^2) = 0.5 (expm1mx(lv) + alpha_1^2 x^2),
+  expm1mx(lv) = exp(lv) - 1 - lv evaluated without cancellation: for large gamma_1 (sigma_1
+  near 1, |lv| = softplus(-gamma_1) small) the direct form loses every digit in float32.
+  x: [B, ...]; gamma_1: scalar or [B]. Returns [B] nats.
   """
   gamma_1 = jnp.asarray(gamma_1, x.dtype)
   alpha_1, _ = alpha_sigma_from_gamma(gamma_1)
   logvar_1 = jax.nn.log_sigmoid(gamma_1)
   if gamma_1.ndim == 1:
     alpha_1, logvar_1 = _bcast(alpha_1, x), _bcast(logvar_1, x)
-  return sum_flat(normal_kl(alpha_1 * x, logvar_1, 0.0, 0.0) * jnp.ones_like(x))
+  return sum_flat(0.5 * (expm1mx(logvar_1) + jnp.square(alpha_1 * x)))
 
 
 def decoder_logits(z0_rescaled, gamma_0, num_levels: int):
@@ -277,8 +275,7 @@ def vdm_losses(denoise_fn: Callable, params, gamma_fn: Callable, gamma_params, x
 
 def losses_to_bpd(losses: dict, num_dims: int) -> dict:
   """Convert a dict of per-example nats to bits per dimension: nats / (D ln 2)."""
-  if isinstance(num_dims, bool) or int(num_dims) != num_dims or num_dims < 1:
-    raise ValueError(f"num_dims must be a positive integer, got {num_dims!r}")
+  num_dims = checks.positive_int("num_dims", num_dims)
   return {k: v / (num_dims * LOG2) for k, v in losses.items()}
 
 
@@ -314,13 +311,15 @@ def sample(denoise_fn: Callable, params, gamma_fn: Callable, gamma_params, shape
   """
   T = check_num_steps(T, allow_zero=False)
   num_levels = check_num_levels(num_levels)
-  shape = tuple(int(d) for d in shape)
-  if len(shape) < 2 or min(shape) < 1:
+  shape = tuple(shape)
+  if len(shape) < 2:
     raise ValueError(f"shape must be (B, ...) with positive sizes and a data axis, got {shape}")
+  shape = tuple(checks.positive_int(f"shape[{i}]", d) for i, d in enumerate(shape))
   dtype = jnp.dtype(dtype)
   if not jnp.issubdtype(dtype, jnp.floating):
     raise ValueError(f"dtype must be a float dtype, got {dtype}")
-  return _sample_jit(denoise_fn, params, gamma_fn, gamma_params, shape, key, T, num_levels, dtype)
+  return _sample_jit(static_fn(denoise_fn), params, static_fn(gamma_fn), gamma_params, shape,
+                     key, T, num_levels, dtype)
 
 
 def _sample_impl(denoise_fn, params, gamma_fn, gamma_params, shape, key, T, num_levels, dtype):
@@ -348,6 +347,8 @@ def _sample_impl(denoise_fn, params, gamma_fn, gamma_params, shape, key, T, num_
   return (2.0 * v / (num_levels - 1) - 1.0).astype(dtype)
 
 
-# denoise_fn, gamma_fn, shape, T, num_levels and dtype are static (functions hashed by identity or
-# equality: one compilation per combination, cached by jax).
+# denoise_fn, gamma_fn, shape, T, num_levels and dtype are static; params and gamma_params are
+# traced. The functions are wrapped in vdm.static_fn.StaticFn (keyed by code and closed-over
+# values), so a fresh lambda over the same network reuses the program: one compilation per
+# combination, cached by jax.
 _sample_jit = jax.jit(_sample_impl, static_argnums=(0, 2, 4, 6, 7, 8))

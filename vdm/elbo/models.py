@@ -11,6 +11,8 @@ over models and pass them as static arguments to `jax.jit`:
   init(key, dtype)                 (params, q_params)
   log_joint(params, x, h)          log p(x, h) in nats, scalar
   log_q(q_params, x, h)            log q(h | x) in nats, scalar
+  sample_q(q_params, x, key)       one draw h ~ q(h | x), int32 [num_latents] (for
+                                   `vdm.elbo.iwae_bound`; `iwae_bounds` below wires it up)
   exact_posterior_q(params)        q_params with log_q(q_params, x, h) == log p(h | x)
   log_marginal(params, x)          log p(x) in closed form where one exists (mixtures, RBM);
                                    otherwise by enumeration
@@ -24,20 +26,27 @@ it at trace time (the pytree structure is static under jit):
   {"exact": model params}   q(h|x) = p(h|x) under those model parameters: closed form for the
                             mixtures and the RBM (whose posterior factorizes), by enumerating all
                             h' for the SBN and the VAE (log p(x,h) - logsumexp_h' log p(x,h')).
+  `sample_q` draws from either family: a factorized Bernoulli or a categorical from the encoder's
+  logits; for `exact`, the closed-form posterior (mixtures: categorical; RBM: factorized
+  Bernoulli) or, for the SBN and the VAE, the enumerated posterior by inverse-CDF sampling over
+  all 2**H states (computed once per example, not once per draw, under a vmap over keys).
 
 Fitting. `fit` maximizes the exact enumerated ELBO with optax over model and q jointly (the
 gradient is exact: the sum over states is differentiated, no score-function estimator).
 `variational_em` alternates the E-step q := p(h|x) (the `exact` family) and a closed-form M-step
 argmax_theta E_q[log p(x, h; theta)] for the two mixtures; its ELBO never decreases.
 
-The batch functions here (`bounds`, `mean_elbo`) take params as traced arguments and call
-`vdm.elbo.bound_report` inside one jit per model, so no parameters are baked into compiled code.
+The batch functions here (`bounds`, `mean_elbo`) pass params=(params, q_params) to
+`vdm.elbo.bound_report`, whose jit traces them and keys on the model (a frozen dataclass,
+static through `vdm.static_fn`): one compilation per model and shapes, no parameters baked into
+compiled code. Likewise every enumeration inside a model (log p(x), log Z) passes params=, and
+`iwae_bounds` passes params=(params, q_params) to `vdm.elbo.iwae_bound`.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional
 
 import flax.linen as nn
 import jax
@@ -45,7 +54,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vdm import checks
 from vdm.elbo.enumerate import StateSpace, bound_report, log_evidence
+from vdm.elbo.iwae import iwae_bound
 
 Params = Any
 
@@ -63,21 +74,13 @@ RBM_PARTITION_LAYERS = ("auto", "hidden", "visible")
 # ----------------------------------------------------------------------------------------------
 
 
-def _check_positive_int(name: str, value) -> None:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-    raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _check_hidden(name: str, value) -> None:
-  if not isinstance(value, tuple) or not all(
-      isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in value):
-    raise ValueError(f"{name} must be a tuple of positive integers (hidden layer widths), got "
-                     f"{value!r}")
-
-
-def _check_choice(name: str, value, allowed: Sequence[str]) -> None:
-  if value not in allowed:
-    raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+def _check_widths(name: str, value) -> tuple:
+  """Hidden layer widths: a tuple (hashable: models are jit static arguments) of integers
+  >= 1, each checked by `vdm.checks.positive_int` as name[i]."""
+  if not isinstance(value, tuple):
+    raise ValueError(f"{name} must be a tuple of hidden layer widths (integers >= 1), got "
+                     f"{value!r} ({type(value).__name__})")
+  return tuple(checks.positive_int(f"{name}[{i}]", v) for i, v in enumerate(value))
 
 
 def _cast(tree, dtype):
@@ -177,9 +180,53 @@ def _factorized_bernoulli_log_q(logits, h):
   return jnp.dot(h.astype(logits.dtype), logits) - sum_softplus(logits)
 
 
+def _open_uniform(key, shape, dtype):
+  """Uniform draws on the open interval (0, 1): (i + 1/2) 2**-m for m-bit random integers i
+  (m = 23 in float32, 52 in float64), so never exactly 0 or 1.
+
+  Used to sample a probability p as u < p: p below 2**-(m+1) is then never drawn (rather than
+  drawn at the rate 2**-m at which a [0, 1) uniform is exactly 0), so a state that q gives a tiny
+  probability is never drawn far more often than q says; that would give one enormous
+  importance weight p(x, h) / q(h | x) and an upward-biased bound.
+  """
+  dtype = jnp.dtype(dtype)
+  m = jnp.finfo(dtype).nmant
+  nbits = 8 * dtype.itemsize
+  bits = jax.random.bits(key, shape, jnp.uint64 if nbits == 64 else jnp.uint32)
+  ints = bits >> (nbits - m)
+  return (ints.astype(dtype) + 0.5) * (2.0 ** -m)
+
+
+def _float_dtype(logits):
+  return jnp.result_type(logits.dtype, jnp.float32)
+
+
+def _sample_factorized_bernoulli(logits, key):
+  """h_j ~ Bern(sigmoid(logits_j)) independently: logits [H] -> int32 [H]."""
+  dtype = _float_dtype(logits)
+  u = _open_uniform(key, logits.shape, dtype)
+  return (u < jax.nn.sigmoid(logits.astype(dtype))).astype(jnp.int32)
+
+
+def _sample_categorical_by_cdf(logits, key):
+  """One index i ~ softmax(logits) by inverse-CDF sampling: logits [S] -> int32 scalar.
+
+  The cumulative sum is computed once for all draws that share the logits (under a vmap over
+  keys), and a draw costs a binary search, not S random numbers as the Gumbel-max trick would.
+  States whose probability is below the rounding of the cumulative sum (~1e-7 of the total in
+  float32, ~1e-16 in float64) are drawn with up to twice their probability or not at all.
+  """
+  dtype = _float_dtype(logits)
+  logits = logits.astype(dtype)
+  cdf = jnp.cumsum(jnp.exp(logits - jnp.max(logits)))
+  u = _open_uniform(key, (), dtype) * cdf[-1]
+  index = jnp.searchsorted(cdf, u, side="right")
+  return jnp.minimum(index, logits.shape[0] - 1).astype(jnp.int32)
+
+
 def _log_posterior_by_enumeration(model, params, x, h):
   """log p(h|x) = log p(x,h) - log sum_h' p(x,h') (the sum does not depend on h)."""
-  log_px = log_evidence(functools.partial(model.log_joint, params), x, model.state_space())
+  log_px = log_evidence(model.log_joint, x, model.state_space(), params=params)
   return model.log_joint(params, x, h) - log_px
 
 
@@ -206,7 +253,7 @@ class _Base:
 
   def sample(self, key, params, n: int):
     """(x [n, data_dim], h [n, num_latents] int32), exact draws from p(x, h) (jitted)."""
-    _check_positive_int("n", n)
+    checks.positive_int("n", n)
     return _sample_jit(self, key, params, n)
 
   def _init_q(self, key, dtype):
@@ -235,6 +282,32 @@ class _Base:
   def _log_q_encoder(self, logits, h):
     return _factorized_bernoulli_log_q(logits, h)
 
+  def sample_q(self, q_params, x, key):
+    """One draw h ~ q(h | x) from either q family: int32 [num_latents] (a row of
+    `enumerate_states`); x [data_dim], key a PRNG key. exp(log_q(q_params, x, h)) is the
+    probability of drawing h (up to the rounding documented in `_open_uniform` and
+    `sample_posterior`). The `sample_q(params, x, key)` of `vdm.elbo.iwae_bound`."""
+    if _q_family(q_params) == "exact":
+      return self.sample_posterior(q_params["exact"], x, key)
+    return self._sample_q_encoder(self.encoder_logits(q_params, x), key)
+
+  def _sample_q_encoder(self, logits, key):
+    return _sample_factorized_bernoulli(logits, key)
+
+  def sample_posterior(self, params, x, key):
+    """One exact draw h ~ p(h | x; params), int32 [num_latents], by enumerating all states:
+    inverse-CDF sampling of softmax_h log p(x, h) (`_sample_categorical_by_cdf`), unless a
+    subclass has a closed form."""
+    if self.num_latents > MAX_EXACT_Q_LATENTS:
+      raise ValueError(
+          f"sampling the exact posterior enumerates 2**num_latents states per example; "
+          f"num_latents={self.num_latents} exceeds {MAX_EXACT_Q_LATENTS}")
+    space = self.state_space()
+    states = space.states_from_index(jnp.arange(space.num_states, dtype=jnp.int32))
+    log_joint = jax.vmap(lambda h: self.log_joint(params, x, h))(states)
+    index = _sample_categorical_by_cdf(log_joint, key)
+    return space.states_from_index(index[None])[0].astype(jnp.int32)
+
   def log_posterior(self, params, x, h):
     """log p(h | x) in nats (by enumeration unless a subclass has a closed form)."""
     if self.num_latents > MAX_EXACT_Q_LATENTS:
@@ -245,8 +318,7 @@ class _Base:
 
   def log_marginal(self, params, x, chunk_size=None):
     """log p(x) in nats for one example x [data_dim] (by enumeration)."""
-    return log_evidence(functools.partial(self.log_joint, params), x, self.state_space(),
-                        chunk_size)
+    return log_evidence(self.log_joint, x, self.state_space(), chunk_size, params=params)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -284,6 +356,15 @@ class _Mixture(_Base):
   def _log_q_encoder(self, logits, h):
     return jax.nn.log_softmax(logits)[h[0]]
 
+  def _sample_q_encoder(self, logits, key):
+    """h = [k], k ~ softmax(logits) (the encoder's categorical q): int32 [1]."""
+    return jax.random.categorical(key, logits)[None].astype(jnp.int32)
+
+  def sample_posterior(self, params, x, key):
+    """Closed form: h = [k], k ~ softmax_k log p(x, k): int32 [1]."""
+    return jax.random.categorical(key, self.component_log_joint(params, x))[None].astype(
+        jnp.int32)
+
   def responsibilities(self, params, xs):
     """[N, K] posterior p(h = k | x_n) for a batch xs [N, data_dim]."""
     return jax.nn.softmax(jax.vmap(lambda x: self.component_log_joint(params, x))(xs), axis=-1)
@@ -301,9 +382,9 @@ class BernoulliMixture(_Mixture):
   min_prob: float = 1e-6  # M-step clips the Bernoulli means to [min_prob, 1 - min_prob]
 
   def __post_init__(self):
-    _check_positive_int("num_components", self.num_components)
-    _check_positive_int("data_dim", self.data_dim)
-    _check_hidden("encoder_hidden", self.encoder_hidden)
+    checks.positive_int("num_components", self.num_components)
+    checks.positive_int("data_dim", self.data_dim)
+    _check_widths("encoder_hidden", self.encoder_hidden)
 
   def _init_params(self, key, dtype):
     return {"mixture_logits": jnp.zeros((self.num_components,), dtype),
@@ -344,11 +425,10 @@ class GaussianMixture(_Mixture):
   min_variance: float = 1e-4  # M-step floor on each variance
 
   def __post_init__(self):
-    _check_positive_int("num_components", self.num_components)
-    _check_positive_int("data_dim", self.data_dim)
-    _check_hidden("encoder_hidden", self.encoder_hidden)
-    if not self.min_variance > 0:
-      raise ValueError(f"min_variance must be > 0, got {self.min_variance!r}")
+    checks.positive_int("num_components", self.num_components)
+    checks.positive_int("data_dim", self.data_dim)
+    _check_widths("encoder_hidden", self.encoder_hidden)
+    checks.number("min_variance", self.min_variance, low=0, low_open=True)
 
   def _init_params(self, key, dtype):
     return {"mixture_logits": jnp.zeros((self.num_components,), dtype),
@@ -401,9 +481,9 @@ class SigmoidBeliefNet(_Base):
   encoder_hidden: tuple = (32,)
 
   def __post_init__(self):
-    _check_positive_int("num_latents", self.num_latents)
-    _check_positive_int("data_dim", self.data_dim)
-    _check_hidden("encoder_hidden", self.encoder_hidden)
+    checks.positive_int("num_latents", self.num_latents)
+    checks.positive_int("data_dim", self.data_dim)
+    _check_widths("encoder_hidden", self.encoder_hidden)
 
   def _init_params(self, key, dtype):
     k1, k2, k3 = jax.random.split(key, 3)
@@ -449,11 +529,10 @@ class RBM(_Base):
   partition_chunk_size: Optional[int] = None  # chunk size of the log Z enumeration
 
   def __post_init__(self):
-    _check_positive_int("num_latents", self.num_latents)
-    _check_positive_int("data_dim", self.data_dim)
-    _check_hidden("encoder_hidden", self.encoder_hidden)
-    if self.partition_chunk_size is not None:
-      _check_positive_int("partition_chunk_size", self.partition_chunk_size)
+    checks.positive_int("num_latents", self.num_latents)
+    checks.positive_int("data_dim", self.data_dim)
+    _check_widths("encoder_hidden", self.encoder_hidden)
+    checks.optional_positive_int("partition_chunk_size", self.partition_chunk_size)
 
   @property
   def num_hidden(self) -> int:
@@ -488,18 +567,18 @@ class RBM(_Base):
     layer: "hidden" sums exp(-F_h(h)) over 2**H states, "visible" sums exp(-F(v)) over 2**D
     states, "auto" the smaller. chunk_size (default `partition_chunk_size`) streams the states.
     """
-    _check_choice("layer", layer, RBM_PARTITION_LAYERS)
+    checks.choice("layer", layer, RBM_PARTITION_LAYERS)
     if layer == "auto":
       layer = "hidden" if self.num_latents <= self.data_dim else "visible"
     chunk_size = self.partition_chunk_size if chunk_size is None else chunk_size
-    dummy = jnp.zeros((), params["W"].dtype)
+    dummy = jnp.zeros((), params["W"].dtype)  # the "example" of a sum that has none
     if layer == "hidden":
-      term = lambda _, h: -self.hidden_free_energy(params, h)
+      term = lambda p, _, h: -self.hidden_free_energy(p, h)
       space = StateSpace(self.num_latents)
     else:
-      term = lambda _, v: -self.free_energy(params, v.astype(params["W"].dtype))
+      term = lambda p, _, v: -self.free_energy(p, v.astype(p["W"].dtype))
       space = StateSpace(self.data_dim)
-    return log_evidence(term, dummy, space, chunk_size)
+    return log_evidence(term, dummy, space, chunk_size, params=params)
 
   def log_joint(self, params, x, h):
     """log p(x, h) = -E(x, h) - log Z (log Z does not depend on x or h: vmaps leave it
@@ -521,6 +600,10 @@ class RBM(_Base):
   def log_posterior(self, params, x, h):
     """Closed form: p(h|x) = prod_j Bern(h_j; sigmoid(c_j + (x W)_j))."""
     return _factorized_bernoulli_log_q(self.hidden_logits(params, x), h)
+
+  def sample_posterior(self, params, x, key):
+    """Closed form: h_j ~ Bern(sigmoid(c_j + (x W)_j)) independently: int32 [num_latents]."""
+    return _sample_factorized_bernoulli(self.hidden_logits(params, x), key)
 
   def _sample(self, key, params, n):
     """Exact samples: h from its marginal p(h) ∝ exp(-F_h(h)) by enumeration, then v | h."""
@@ -558,11 +641,11 @@ class BinaryLatentVAE(_Base):
   decoder_hidden: tuple = (32,)
 
   def __post_init__(self):
-    _check_positive_int("num_latents", self.num_latents)
-    _check_positive_int("data_dim", self.data_dim)
-    _check_choice("likelihood", self.likelihood, LIKELIHOODS)
-    _check_hidden("encoder_hidden", self.encoder_hidden)
-    _check_hidden("decoder_hidden", self.decoder_hidden)
+    checks.positive_int("num_latents", self.num_latents)
+    checks.positive_int("data_dim", self.data_dim)
+    checks.choice("likelihood", self.likelihood, LIKELIHOODS)
+    _check_widths("encoder_hidden", self.encoder_hidden)
+    _check_widths("decoder_hidden", self.decoder_hidden)
 
   def _decoder(self) -> MLP:
     out = self.data_dim * (1 if self.likelihood == "bernoulli" else 2)
@@ -623,19 +706,44 @@ MODELS = {
 # ----------------------------------------------------------------------------------------------
 
 
+def _pair_log_joint(model, pair, x, h):
+  """log p(x, h) with pair = (params, q_params) (bound_report's params convention)."""
+  return model.log_joint(pair[0], x, h)
+
+
+def _pair_log_q(model, pair, x, h):
+  """log q(h | x) with pair = (params, q_params)."""
+  return model.log_q(pair[1], x, h)
+
+
 def _report(model, params, q_params, xs, chunk_size):
-  return bound_report(functools.partial(model.log_joint, params),
-                      functools.partial(model.log_q, q_params), xs, model.state_space(),
-                      chunk_size)
+  return bound_report(functools.partial(_pair_log_joint, model),
+                      functools.partial(_pair_log_q, model), xs, model.state_space(),
+                      chunk_size, params=(params, q_params))
 
 
-_report_jit = jax.jit(_report, static_argnums=(0, 4))
+def _pair_sample_q(model, pair, x, key):
+  """One h ~ q(h | x) with pair = (params, q_params) (iwae_bound's params convention)."""
+  return model.sample_q(pair[1], x, key)
+
+
+def iwae_bounds(model, params, q_params, xs, key, num_samples: int, chunk_size=None,
+                alpha: float = 0.0) -> dict:
+  """`vdm.elbo.iwae_bound` of the model with q = (model.log_q, model.sample_q) at q_params,
+  for a batch xs [B, data_dim]: dict of [B] arrays bound, iwae, elbo (nats), log_weight_var
+  (nats^2), ess. K = num_samples draws per example; compiled once per model, K, chunk_size,
+  alpha and shapes (params and q_params are traced)."""
+  return iwae_bound(functools.partial(_pair_log_joint, model),
+                    functools.partial(_pair_log_q, model),
+                    functools.partial(_pair_sample_q, model), xs, key, num_samples,
+                    params=(params, q_params), chunk_size=chunk_size, alpha=alpha)
 
 
 def bounds(model, params, q_params, xs, chunk_size=None) -> dict:
   """`bound_report` of the model for a batch xs [B, data_dim]: dict of [B] arrays
-  log_evidence, elbo, kl, q_mass, nan_count (nats). Jitted once per model and shapes."""
-  return _report_jit(model, params, q_params, xs, chunk_size)
+  log_evidence, elbo, kl, q_mass, nan_count (nats). Compiled once per model and shapes
+  (bound_report's jit; params and q_params are traced)."""
+  return _report(model, params, q_params, xs, chunk_size)
 
 
 def mean_elbo(model, params, q_params, xs, chunk_size=None):
@@ -664,7 +772,7 @@ def fit(model, params, q_params, data, num_steps: int,
   Note that q_params from `exact_posterior_q` hold their own copy of the model parameters: the
   q is the posterior of that copy, not of the parameters being trained.
   """
-  _check_positive_int("num_steps", num_steps)
+  checks.positive_int("num_steps", num_steps)
   if not (train_model or train_q):
     raise ValueError("fit needs train_model or train_q to be True")
   data = jnp.asarray(data)
@@ -706,7 +814,7 @@ def variational_em(model, params, data, num_iters: int) -> EMResult:
   elbo_history alternates mean ELBO(q_t, theta_t) = log p(x; theta_t) (after an E-step) and
   ELBO(q_t, theta_{t+1}) (after the M-step); the sequence is non-decreasing.
   """
-  _check_positive_int("num_iters", num_iters)
+  checks.positive_int("num_iters", num_iters)
   if not hasattr(model, "m_step"):
     raise ValueError(f"variational_em needs a closed-form M-step; model "
                      f"{type(model).__name__} has none (allowed: BernoulliMixture, "

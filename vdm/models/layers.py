@@ -11,14 +11,14 @@ from typing import Sequence
 
 import jax.numpy as jnp
 
+from vdm import checks
+
 CONDITIONINGS = ("t", "gamma")
 
 
-def check_conditioning(conditioning: str) -> None:
-  """Raise a ValueError unless `conditioning` is one of `CONDITIONINGS`."""
-  if conditioning not in CONDITIONINGS:
-    raise ValueError(
-      f"conditioning={conditioning!r} is not allowed; allowed values: {CONDITIONINGS}")
+def check_conditioning(conditioning: str) -> str:
+  """`conditioning` if it is one of `CONDITIONINGS`, else a ValueError naming them."""
+  return checks.choice("conditioning", conditioning, CONDITIONINGS)
 
 
 def timestep_embedding(t, dim: int, max_period: float = 10000.0, dtype=jnp.float32):

@@ -13,6 +13,7 @@ from typing import Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vdm import checks
 from vdm.models.layers import check_conditioning, gamma_to_embedding_input, timestep_embedding
 
 
@@ -58,11 +59,9 @@ class MLPDenoiser(nn.Module):
   def __call__(self, x, t, train: bool = False):
     """x: float [B, D]; t: [B] timesteps (or gamma) -> float32 [B, out_dim]."""
     check_conditioning(self.conditioning)
-    if self.hidden < 4 or self.num_blocks < 0:
-      raise ValueError(f"need hidden >= 4 and num_blocks >= 0; got hidden={self.hidden}, "
-              f"num_blocks={self.num_blocks}")
-    if not 0.0 <= self.dropout < 1.0:
-      raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+    checks.integer("hidden", self.hidden, minimum=4)
+    checks.nonnegative_int("num_blocks", self.num_blocks)
+    checks.number("dropout", self.dropout, 0.0, 1.0, high_open=True)
     t = jnp.asarray(t)
     if x.ndim != 2:
       raise ValueError(f"x must be [B, D], got shape {x.shape}")

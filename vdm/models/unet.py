@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vdm import checks
 from vdm.models.layers import (check_conditioning, fourier_features, gamma_to_embedding_input,
                timestep_embedding)
 
@@ -30,10 +31,16 @@ from vdm.models.layers import (check_conditioning, fourier_features, gamma_to_em
 _default_init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
 def _check_dtype(dtype: Any) -> None:
-  allowed = (jnp.float32, jnp.bfloat16)
-  if jnp.dtype(dtype) not in [jnp.dtype(d) for d in allowed]:
-    raise ValueError(f"dtype={dtype!r} is not allowed; allowed values: float32, bfloat16")
+  """The compute dtype is float32 or bfloat16 (`vdm.checks.choice`)."""
+  try:
+    name = jnp.dtype(dtype).name
+  except TypeError:
+    name = dtype
+  checks.choice("dtype", name, COMPUTE_DTYPES)
 
 
 CONV_IMPLS = ("lax", "matmul")
@@ -316,20 +323,18 @@ class UNet(nn.Module):
   def _validate(self, x, t):
     check_conditioning(self.conditioning)
     _check_dtype(self.dtype)
-    if self.conv_impl not in CONV_IMPLS:
-      raise ValueError(
-        f"conv_impl={self.conv_impl!r} is not allowed; allowed values: {CONV_IMPLS}")
-    if self.ch < 1 or len(self.ch_mult) < 1 or self.num_res_blocks < 0:
-      raise ValueError(
-        f"need ch >= 1, a non-empty ch_mult and num_res_blocks >= 0; got ch={self.ch}, "
-        f"ch_mult={self.ch_mult}, num_res_blocks={self.num_res_blocks}")
+    checks.choice("conv_impl", self.conv_impl, CONV_IMPLS)
+    checks.positive_int("ch", self.ch)
+    checks.nonnegative_int("num_res_blocks", self.num_res_blocks)
+    checks.positive_int("num_groups", self.num_groups)
+    if len(self.ch_mult) < 1:
+      raise ValueError(f"ch_mult must list at least one channel multiplier, got {self.ch_mult}")
     for m in self.ch_mult:
       if (self.ch * m) % self.num_groups != 0:
         raise ValueError(
           f"ch * ch_mult[i] must be divisible by num_groups={self.num_groups}; got "
           f"ch={self.ch}, ch_mult={self.ch_mult}")
-    if not 0.0 <= self.dropout < 1.0:
-      raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+    checks.number("dropout", self.dropout, 0.0, 1.0, high_open=True)
     if x.ndim != 4:
       raise ValueError(f"x must be [B, H, W, C] (NHWC), got shape {x.shape}")
     if not jnp.issubdtype(x.dtype, jnp.floating):

@@ -6,6 +6,8 @@ Public entry points:
   your own Flax denoiser if you like; returns the final state and the last bound summary.
 - `restore(config, workdir)` -> EMA parameters; `restore_run` -> the run and its state.
 - `evaluate(config, workdir, full=False)` -> the bound (bits/dim); `sample(config, workdir)`.
+- `setup(config, dataset)` -> a checked `Run`; `bound_on(run, params, examples, key)` -> the
+  bound of any parameters on any examples; `draw_samples(run, params_rep, key, n)`.
 
 The package by job: state (train state and optimizer), steps (the pmapped programs), devices
 (layout, compilation, replication), checkpoints (finite, verified, with fallback), rundir
@@ -17,7 +19,7 @@ from vdm.train.checkpoints import (CheckpointMismatchError, NonFiniteStateError,
 from vdm.train.config_checks import validate_config
 from vdm.train.devices import (AXIS, compiler_options, device_layout, pmap, replicate,
                                unreplicate)
-from vdm.train.evaluation import Run, draw_samples, evaluate_bound, setup
+from vdm.train.evaluation import Run, bound_on, draw_samples, evaluate_bound, setup
 from vdm.train.loop import NonFiniteLossError, TrainResult, train_and_evaluate
 from vdm.train.modes import (EvalResult, RestoredRun, SampleResult, evaluate, restore,
                              restore_run, sample)

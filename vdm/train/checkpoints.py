@@ -38,10 +38,15 @@ def checkpoint_dir(workdir: str) -> str:
 def checkpoint_manager(workdir: str, config, read_only: bool = False) -> ocp.CheckpointManager:
   """Orbax manager for DIR/checkpoints: keep the newest N (+ every keep_period-th step)."""
   t = config.training
+  if read_only:   # nothing is saved or deleted: no retention options (orbax warns otherwise)
+    options = ocp.CheckpointManagerOptions(
+        create=False, cleanup_tmp_directories=False, enable_async_checkpointing=False,
+        read_only=True, save_interval_steps=0)
+    with _QuietOrbax():   # orbax warns that a read-only directory is read-only
+      return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=t.keep_checkpoints, keep_period=t.keep_period or None,
-      create=not read_only, cleanup_tmp_directories=not read_only,
-      enable_async_checkpointing=False, read_only=read_only)
+      max_to_keep=t.keep_checkpoints, keep_period=t.keep_period or None, create=True,
+      cleanup_tmp_directories=True, enable_async_checkpointing=False)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
@@ -130,7 +135,9 @@ def _restore_one(manager, step: int, abstract):
         restored, meta = out["state"], out["meta"]
   except Exception as e:  # orbax/tensorstore raise many types for damaged files
     first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return None, f"{type(e).__name__}: {first[:300]}"
+    # TensorStore appends a repr of its spec after "See full TensorStore details": drop it.
+    first = first.split(" See full TensorStore details")[0]
+    return None, f"{type(e).__name__}: {first[:200]}"
   state = jax.tree_util.tree_map(np.asarray, restored)
   if meta is not None and meta.get("sha256") != state_digest(state):
     return None, "its contents do not match the digest recorded when it was saved"

@@ -56,8 +56,11 @@ def validate_config(config) -> None:
   checks.choice("model.objective", m.objective, objectives.OBJECTIVES)
   checks.choice("model.denoiser", m.denoiser, objectives.DENOISERS)
   checks.choice("model.dtype", m.dtype, tuple(objectives.DTYPES))
-  for name in ("ch", "num_res_blocks", "num_groups", "mlp_hidden", "mlp_num_blocks"):
+  for name in ("ch", "num_groups"):
     checks.positive_int(f"model.{name}", m[name])
+  checks.integer("model.mlp_hidden", m.mlp_hidden, minimum=4)
+  for name in ("num_res_blocks", "mlp_num_blocks"):   # 0 is a valid (shallow) network
+    checks.nonnegative_int(f"model.{name}", m[name])
   for i, mult in enumerate(m.ch_mult):
     checks.positive_int(f"model.ch_mult[{i}]", mult)
   if not len(m.ch_mult):

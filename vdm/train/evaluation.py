@@ -10,12 +10,14 @@ import jax
 import numpy as np
 from absl import logging
 
+from vdm import checks
 from vdm import data as data_lib
 from vdm import objectives as objectives_lib
 from vdm import random_streams as streams
 from vdm import reporting
 from vdm.train.config_checks import validate_config
 from vdm.train.devices import compiler_options, device_layout, pmap, replicate, unreplicate
+from vdm.train.steps import make_eval_step
 
 
 class Run(NamedTuple):
@@ -44,12 +46,11 @@ def setup(config, dataset=None, denoiser=None, objective=None) -> Run:
   return Run(config, dataset, objective, devices, per_device)
 
 
-def evaluate_bound(run: Run, p_eval_step, params_rep, key, num_examples: int) -> dict:
-  """Mean bound terms over the first num_examples held-out examples (0 = all), bits/dim."""
-  test = run.dataset.test[:num_examples or len(run.dataset.test)]
+def _mean_bound(run: Run, p_eval_step, params_rep, examples: np.ndarray, key) -> dict:
+  """Mean bound terms over every row of `examples` (stored layout), bits/dim, float64."""
   sums = None
   for i, (batch, mask) in enumerate(data_lib.eval_batches(
-      test, global_batch_size=run.config.eval.batch_size, process_index=jax.process_index(),
+      examples, global_batch_size=run.config.eval.batch_size, process_index=jax.process_index(),
       process_count=jax.process_count(), local_device_count=len(run.devices))):
     out = p_eval_step(params_rep, batch, mask,
                       replicate(jax.random.fold_in(key, i), run.devices))
@@ -59,16 +60,49 @@ def evaluate_bound(run: Run, p_eval_step, params_rep, key, num_examples: int) ->
   return {k: np.asarray(v, np.float64) / count for k, v in sums.items()}
 
 
-def draw_samples(run: Run, params_rep, key, n: int) -> np.ndarray:
-  """n samples [n, *shape] on the data scale from the replicated params."""
-  per_device = -(-n // len(run.devices))
+def evaluate_bound(run: Run, p_eval_step, params_rep, key, num_examples: int) -> dict:
+  """Mean bound terms over the first num_examples held-out examples (0 = all), bits/dim."""
+  test = run.dataset.test[:num_examples or len(run.dataset.test)]
+  return _mean_bound(run, p_eval_step, params_rep, test, key)
+
+
+def bound_on(run: Run, params, examples: np.ndarray, key) -> dict:
+  """The bound of `params` (one copy, e.g. `restore`'s EMA parameters) on any examples.
+
+  examples: [N, *shape] in the dataset's stored layout (integer levels or floats), e.g. a
+  subset of the training split; batched as the evaluation is (eval.batch_size, padded and
+  masked). key: the bound's random key (timesteps, noise). Returns the mean of every bound
+  term over the N examples, bits/dim (float64 arrays, as `evaluate_bound`).
+  """
+  examples = np.asarray(examples)
+  if examples.shape[1:] != tuple(run.dataset.shape) or examples.shape[0] < 1:
+    raise ValueError(f"examples must be [N >= 1, {', '.join(map(str, run.dataset.shape))}] "
+                     f"(the data's per-example shape), got {examples.shape}")
+  p_eval = pmap(make_eval_step(run.objective), run.devices, compiler_options(run.config, "eval"))
+  return _mean_bound(run, p_eval, replicate(params, run.devices), examples, key)
+
+
+def draw_samples(run: Run, params_rep, key, n: int, batch_size: Optional[int] = None
+                 ) -> np.ndarray:
+  """n samples [n, *shape] on the data scale from the replicated params.
+
+  Drawn in calls of batch_size samples (None: all n in one call) over the run's devices, one
+  compilation for all calls; call c, device d uses key fold_in(fold_in(key, c), d) (d counted
+  over every process), so the samples depend on (key, n, batch_size, device count) only.
+  """
+  n = checks.positive_int("n", n)
+  per_call = n if batch_size is None else min(checks.positive_int("batch_size", batch_size), n)
+  per_device = -(-per_call // len(run.devices))
   p_sample = pmap(lambda p, k: run.objective.sample(p, k, per_device), run.devices,
                   compiler_options(run.config, "eval"))
   first = jax.process_index() * len(run.devices)
-  keys = np.stack([np.asarray(jax.random.fold_in(key, first + i))
-                   for i in range(len(run.devices))])
-  samples = np.asarray(p_sample(params_rep, keys))
-  return samples.reshape((-1,) + tuple(run.dataset.shape))[:n]
+  out = []
+  for c in range(-(-n // per_call)):
+    call_key = jax.random.fold_in(key, c)
+    keys = np.stack([np.asarray(jax.random.fold_in(call_key, first + i))
+                     for i in range(len(run.devices))])
+    out.append(np.asarray(p_sample(params_rep, keys)).reshape((-1,) + tuple(run.dataset.shape)))
+  return np.concatenate(out)[:n]
 
 
 def record_path(workdir: str, name: str, step: int) -> str:

@@ -20,7 +20,6 @@ import numpy as np
 from absl import logging
 
 from vdm import data as data_lib
-from vdm import random_streams as streams
 from vdm import reporting
 from vdm.train import checkpoints as ckpt
 from vdm.train import rundir

@@ -32,6 +32,9 @@ RESUMABLE_FIELDS = (
     "eval.batch_size", "eval.num_examples", "eval.num_samples", "eval.at_start",
     "data.data_dir", "data.tfds_data_dir",
 )
+# Fields that only change how a trained model is evaluated: the read-only modes (eval, bpd,
+# sample, restore) accept them changed; a resumed training run does not (its evals would mix).
+EVAL_ONLY_FIELDS = ("diffusion.clip_bound",)
 
 
 class RunDirError(RuntimeError):
@@ -198,7 +201,8 @@ def check_run(workdir: str, run, allow_change: bool, write: bool = True) -> None
   """config.json and run.json of workdir against this run (module docstring); before anything
   is restored or written."""
   check_or_store(workdir, "config.json", config_as_json(run.config), allow_change,
-                 RESUMABLE_FIELDS, write=write, compare=base_fields_of_json)
+                 RESUMABLE_FIELDS + (() if write else EVAL_ONLY_FIELDS), write=write,
+                 compare=base_fields_of_json)
   check_or_store(workdir, "run.json", run_record(run.dataset, run.objective), allow_change,
                  (), write=write)
 
