@@ -17,13 +17,15 @@ setup(
     "absl-py>=2.0,<3",
     "numpy>=1.26,<3",
     "scikit-learn>=1.4,<2",
+    # The probability-flow ODE likelihood (vdm.diffusion.ode): jittable adaptive solves.
+    "diffrax>=0.7,<0.8",
   ],
   extras_require={
     # Figures (PNG plots of bound terms) and TensorBoard event files.
     "extras": ["matplotlib>=3.8,<4", "tensorboardX>=2.6,<3"],
-    # Independent reference computations used by the tests.
+    # Independent reference computations used by the tests (numpyro: the IWAE benchmark's peer).
     "test": ["pytest>=8,<10", "scipy>=1.11,<2", "matplotlib>=3.8,<4",
-        "tensorboardX>=2.6,<3"],
+        "tensorboardX>=2.6,<3", "numpyro>=0.15,<0.30"],
     # Peers measured by the benchmark scripts.
     "bench": ["numpyro>=0.15,<0.30", "funsor>=0.4,<0.5"],
   },

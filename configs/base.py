@@ -99,4 +99,21 @@ def get_base_config() -> ml_collections.ConfigDict:
   e.num_examples = 0          # held-out examples in the periodic bound; 0 = all
   e.num_samples = 64          # PNG grid of samples at each eval; 0 = none
   e.at_start = False          # also evaluate (and sample) before the first step
+
+  # Likelihoods beyond the bound (--mode=iwbound, --mode=ode_nll); they never change training,
+  # so every field here may change on resume (vdm.train.rundir.RESUMABLE_GROUPS).
+  config.likelihood = l = ml_collections.ConfigDict()
+  l.num_examples = 64         # held-out examples (the first ones); 0 = all
+  l.batch_size = 16           # examples per call (global, over the devices)
+  l.iw_num_samples = (1, 10, 100)  # K of the importance-weighted bounds
+  l.iw_chunk_size = 16        # trajectories evaluated together (memory is linear in it)
+  l.ode_rtol = 1e-5           # adaptive solver tolerances
+  l.ode_atol = 1e-5
+  l.ode_solver = "dopri5"     # dopri5 | tsit5 | heun | euler (vdm.diffusion.ode.SOLVERS)
+  l.ode_num_steps = 0         # 0 = adaptive steps (rtol, atol); N > 0 = N fixed steps
+  l.ode_t0 = 1e-3             # start of the integration in (0, 1)
+  l.ode_interpolation = "auto"   # DDPM: log alphas_cumprod in continuous time (ode.DDPMProcess)
+  l.ode_divergence = "hutchinson"  # hutchinson | exact (a Jacobian: small D only)
+  l.ode_probe = "rademacher"  # rademacher | gaussian (Hutchinson probes)
+  l.ode_num_probes = 1
   return config

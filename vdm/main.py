@@ -2,7 +2,9 @@
 
 Modes: train (resumes from DIR/checkpoints), eval (bound decomposition of the newest
 checkpoint: eval.num_examples test examples), bpd (the same over the whole test split), sample
-(a PNG grid of samples). Config fields are overridable: --config.training.num_steps=100.
+(a PNG grid of samples), iwbound (importance-weighted bounds for each K of
+likelihood.iw_num_samples beside the bound), ode_nll (the probability-flow ODE likelihood).
+Config fields are overridable: --config.training.num_steps=100.
 
 Console: our progress (step, loss, steps/s, ETA) and the bound; the libraries' INFO lines
 (orbax, jax) go to DIR/log.txt only, unless --verbosity is given. Errors in the config, the
@@ -22,7 +24,7 @@ import traceback
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-MODES = ("train", "eval", "sample", "bpd")
+MODES = ("train", "eval", "sample", "bpd", "iwbound", "ode_nll")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -111,6 +113,12 @@ def main(argv):
     elif mode in ("eval", "bpd"):
       result = train.evaluate(config, workdir, full=mode == "bpd", **kwargs)
       summary, step, where = result.summary, result.step, f"Record: {result.path}"
+    elif mode in ("iwbound", "ode_nll"):
+      result = getattr(train, mode)(config, workdir, **kwargs)
+      if is_main:
+        print(reporting.likelihood_table(result.record))
+        print(f"Record: {result.path}")
+      return
     else:
       result = train.sample(config, workdir, **kwargs)
       if is_main:

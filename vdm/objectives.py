@@ -18,6 +18,7 @@ device's share of a batch:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -26,9 +27,11 @@ import numpy as np
 
 from vdm import checks
 from vdm import random_streams as streams
+from vdm.diffusion import iwbound, ode
 from vdm.diffusion import timesteps as timestep_samplers
 from vdm.diffusion.ddpm import GaussianDiffusion
-from vdm.diffusion.encoding import dequantization_offset_bpd, dequantize as dequantize_fn, encode
+from vdm.diffusion.encoding import (decode, dequantization_offset_bpd, dequantize as dequantize_fn,
+                                    encode)
 from vdm.diffusion.schedules import get_beta_schedule
 
 OBJECTIVES = ("ddpm", "vdm")
@@ -182,9 +185,59 @@ class DDPMObjective:
       out = dict(out, total_bpd=out["total_bpd"] + self.offset_bpd)
     return out
 
+  def iw_bound(self, params, x, key, num_samples: int, chunk_size: int):
+    """The K-sample importance-weighted bound over forward trajectories, bits/dim [B]:
+    dict iw_bound_bpd, elbo_bpd (the K-sample average of one-sample bounds), ess."""
+    out = iwbound.ddpm_iw_bound(self.diffusion, self.model_fn, params, x, key, num_samples,
+                                sample_chunk_size=chunk_size, clip_denoised=self.clip_bound)
+    return _iw_bpd(out, self.offset_bpd)
+
+  def ode_process(self, params, interpolation: str = "auto"):
+    """The probability-flow ODE's process of this model (vdm.diffusion.ode): its betas in
+    continuous time with log alphas_cumprod interpolated (`ode.DDPMProcess`)."""
+    del params
+    return ode.DDPMProcess.from_diffusion(self.diffusion, interpolation)
+
+  def ode_model(self, params):
+    """(model function, its params) as `vdm.diffusion.ode.log_likelihood` calls them."""
+    return self.model_fn, params
+
+  def ode_nll(self, params, x, key, options: dict, interpolation: str = "auto"):
+    """Probability-flow ODE bits/dim [B] (`ode_nll_bpd`); see `_ode_nll`."""
+    return _ode_nll(self, params, x, key, options, interpolation)
+
   def sample(self, params, key, n: int):
     return self.diffusion.p_sample_loop(self.model_fn, params, (n,) + tuple(self.data_shape), key,
                                         clip_denoised=self.clip_denoised)
+
+
+def _ode_nll(objective, params, x, key, options: dict, interpolation: str = "auto") -> dict:
+  """-log p(x) of the probability-flow ODE (Song et al. 2021, eq. 13), bits/dim [B].
+
+  x: encoded data [B, ...]. Integer data on the grid (num_levels K, no data.dequantize) are
+  dequantized here, uniformly on each level's bin (vdm.diffusion.encoding.dequantize), and
+  log2((K-1)/2) is added: `ode_nll_bpd` is then an unbiased estimate of an upper bound on the
+  discrete NLL in bits/dim (Theis et al. 2016; `vdm.diffusion.ode.discrete_bpd`), >= 0 in
+  expectation. With data.dequantize the data arrive dequantized and the objective's offset is
+  added (the same bound). Continuous data: -log p(x) / (D ln 2) of the density (may be < 0).
+  Also `nfe` [B], the network evaluations of each example's solve.
+  """
+  k_deq, k_probe = jax.random.split(key)
+  offset = objective.offset_bpd
+  if objective.num_levels is not None and not objective.dequantize:
+    x = dequantize_fn(k_deq, decode(x, objective.num_levels), objective.num_levels, x.dtype)
+    offset = dequantization_offset_bpd(objective.num_levels)
+  model_fn, model_params = objective.ode_model(params)
+  out = ode.log_likelihood(model_fn, model_params, x, k_probe,
+                           objective.ode_process(params, interpolation), **options)
+  bpd = -out["log_likelihood"] / (_num_dims(x.shape[1:]) * math.log(2.0)) + offset
+  return {"ode_nll_bpd": bpd, "nfe": jnp.broadcast_to(out["nfe"], bpd.shape).astype(bpd.dtype)}
+
+
+def _iw_bpd(out: dict, offset_bpd: float) -> dict:
+  """The bits/dim entries of an importance-weighted bound (+ the dequantization offset)."""
+  return {"iw_bound_bpd": out["iw_bound_bpd"] + offset_bpd,
+          "elbo_bpd": out["elbo_bpd"] + offset_bpd, "ess": out["ess"]}
 
 
 def _clip_bound(d, levels) -> bool:
@@ -315,6 +368,33 @@ class VDMObjective:
     aux["t"] = t_model
     aux["quartile"] = jnp.minimum((4 * t).astype(jnp.int32), 3)
     return bpd["loss"], aux
+
+  @property
+  def iw_num_timesteps(self) -> int:
+    """T of the chain the importance-weighted bound runs over: vdm.num_timesteps, or for a
+    continuous-time model its sampler's sample_steps (the discrete-time bound of T steps is a
+    valid bound of the same model, VDM eq. 10-11)."""
+    return self.num_timesteps or self.sample_steps
+
+  def iw_bound(self, params, x, key, num_samples: int, chunk_size: int):
+    """The K-sample importance-weighted bound over the discrete-time chain of
+    `iw_num_timesteps` steps, bits/dim [B]: dict iw_bound_bpd, elbo_bpd, ess."""
+    out = iwbound.vdm_iw_bound(self.denoise_fn, params["denoiser"], self.gamma_fn,
+                               params["gamma"], x, key, self.decoder_levels,
+                               self.iw_num_timesteps, num_samples, sample_chunk_size=chunk_size)
+    return _iw_bpd(out, self.offset_bpd)
+
+  def ode_process(self, params, interpolation: str = "auto"):
+    """The probability-flow ODE's process: VDM's gamma(t) with the trained schedule."""
+    del interpolation   # gamma(t) is already a function of continuous time
+    return ode.VDMProcess(self.gamma_fn, params["gamma"])
+
+  def ode_model(self, params):
+    return self.denoise_fn, params["denoiser"]
+
+  def ode_nll(self, params, x, key, options: dict, interpolation: str = "auto"):
+    """Probability-flow ODE bits/dim [B] (`ode_nll_bpd`); see `_ode_nll`."""
+    return _ode_nll(self, params, x, key, options, interpolation)
 
   def bound(self, params, x, key):
     """Per-example bound terms in bits/dim (one Monte Carlo draw of t and the noise)."""

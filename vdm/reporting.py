@@ -96,6 +96,32 @@ def decomposition_table(summary: dict, step: int) -> str:
   return "\n".join(lines)
 
 
+def likelihood_table(record: dict) -> str:
+  """A Markdown table of a --mode=iwbound / ode_nll record: one row per entry of its `rows`,
+  each value beside its standard error (`<name>_se`)."""
+  rows = record["rows"]
+  names = []
+  for r in rows:   # the union of the rows' names, in order of first appearance
+    names += [k for k in r if not k.endswith("_se") and k not in names]
+  names = [k for k in names if k != "seconds"] + ["seconds"] * ("seconds" in names)
+  head = "| " + " | ".join(names) + " |"
+  lines = [f"{record['mode']} at step {record['step']}, {record['num_examples']} held-out "
+           f"examples ({record.get('units', '')}; +- one standard error over the examples)",
+           head, "|" + "---|" * len(names)]
+  for r in rows:
+    cells = []
+    for k in names:
+      v = r.get(k, "")
+      if isinstance(v, float) and f"{k}_se" in r:
+        cells.append(f"{v:.4f} +- {r[k + '_se']:.4f}")
+      elif isinstance(v, float):
+        cells.append(f"{v:.4g}")
+      else:
+        cells.append(str(v))
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def format_summary(summary: dict) -> str:
   return ", ".join(f"{k} {v:.4f}" for k, v in summary.items())
 

@@ -310,15 +310,18 @@ class GaussianDiffusion:
   # ---------------------------------------------------------------------------------------
   # The bound.
 
-  def _decoder_nll_bpd(self, x0, mean, log_variance):
-    """-log p(x0 | x_1) in bits/dim [B] (Ho et al. eq. 13, or a Gaussian density)."""
+  def decoder_log_likelihood(self, x0, mean, log_variance):
+    """log p(x0 | x_1) elementwise, nats: the discretized Gaussian over num_levels bins (Ho et
+    al. eq. 13, with decoder_approx), or a Gaussian density when num_levels is None."""
     log_scales = 0.5 * jnp.broadcast_to(log_variance, mean.shape)
     if self.num_levels is None:
-      ll = G.gaussian_log_likelihood(x0, mean, log_scales)
-    else:
-      ll = G.discretized_gaussian_log_likelihood(x0, mean, log_scales, self.num_levels,
+      return G.gaussian_log_likelihood(x0, mean, log_scales)
+    return G.discretized_gaussian_log_likelihood(x0, mean, log_scales, self.num_levels,
                                                  self.decoder_approx)
-    return -G.mean_flat(ll) / G.LOG2
+
+  def _decoder_nll_bpd(self, x0, mean, log_variance):
+    """-log p(x0 | x_1) in bits/dim [B]."""
+    return -G.mean_flat(self.decoder_log_likelihood(x0, mean, log_variance)) / G.LOG2
 
   def _vb_terms(self, model_output, x0, x_t, t, clip_denoised):
     """The bound term at t [B] (bits/dim) and pred_x0 [B, ...]; no value checks on x0."""

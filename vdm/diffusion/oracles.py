@@ -256,6 +256,62 @@ def vdm_gaussian_bound_discrete(mu, s, gammas, x0_mean, x0_var=0.0):
           "diff_terms": terms}
 
 
+def _sigmoid(v: float) -> float:
+  return 0.5 * (1.0 + math.tanh(0.5 * v))
+
+
+def ddpm_gaussian_chain_log_marginal(betas, var_type: str, mu, s, x0):
+  """Exact log p(x0) [B] (nats) of the T-step DDPM reverse chain with the optimal predictor,
+  fixed variances and a continuous Gaussian decoder, derived from the definitions (not from
+  ddpm.py), for Gaussian data N(mu, diag s^2): the true NLL of that discrete-time model, which
+  its importance-weighted bounds approach as K grows (and the ELBO stays below).
+
+  x0_hat(x_t) = E[x0 | x_t] = G_t x_t + H_t (Gaussian conditioning), the reverse mean is the
+  posterior mean with x0_hat for x0, mu~ = coef1_t x0_hat + coef2_t x_t = A_t x_t + c_t, so each
+  step x_{t-1} = A_t x_t + c_t + sqrt(v_t) n is linear-Gaussian: starting from x_T ~ N(0, 1),
+  m <- A m + c and v <- A^2 v + v_t down to the decoder (code t = 0), per dimension."""
+  checks.choice("var_type", var_type, ("fixed_small", "fixed_large"))
+  mu, s = _check_gaussian(mu, s)
+  betas = np.asarray(betas, np.float64)
+  ab = np.cumprod(1.0 - betas)
+  ab_prev = np.append(1.0, ab[:-1])
+  post_var = betas * (1.0 - ab_prev) / (1.0 - ab)
+  coef1 = betas * np.sqrt(ab_prev) / (1.0 - ab)
+  coef2 = (1.0 - ab_prev) * np.sqrt(1.0 - betas) / (1.0 - ab)
+  # The reference code's variances; at t = 0 both use beta~ at t = 1 (beta~_0 = 0).
+  var_p = np.append(post_var[1], post_var[1:] if var_type == "fixed_small" else betas[1:])
+  m, v = np.zeros_like(mu), np.ones_like(mu)
+  for t in range(len(betas) - 1, -1, -1):
+    g = np.sqrt(ab[t]) * s**2 / (ab[t] * s**2 + 1.0 - ab[t])
+    h = mu * (1.0 - g * np.sqrt(ab[t]))
+    a, c = coef1[t] * g + coef2[t], coef1[t] * h
+    m, v = a * m + c, a * a * v + var_p[t]
+  return np.sum(-0.5 * np.log(2 * np.pi * v) - 0.5 * (x0 - m) ** 2 / v, axis=-1)
+
+
+def vdm_gaussian_chain_log_marginal(gammas, mu, s, x):
+  """Exact log p(x) [B] (nats) of the T-step VDM chain (gammas [T + 1] = gamma(i / T),
+  increasing) with the optimal denoiser and continuous decoder, for Gaussian data:
+  p(z_s | z_t) = q(z_s | z_t, x = x_hat(z_t)) with x_hat linear in z_t, so each step is
+  linear-Gaussian (written from Gaussian conditioning, independently of vdm.py)."""
+  mu, s = _check_gaussian(mu, s)
+  gammas = np.asarray(gammas, np.float64)
+  m, v = np.zeros_like(mu), np.ones_like(mu)
+  for i in range(len(gammas) - 1, 0, -1):
+    g_t, g_s = gammas[i], gammas[i - 1]
+    a_t, s2_t = math.sqrt(_sigmoid(-g_t)), _sigmoid(g_t)
+    a_s, s2_s = math.sqrt(_sigmoid(-g_s)), _sigmoid(g_s)
+    kx = a_t * s**2 / (a_t**2 * s**2 + s2_t)                  # x_hat = mu + kx (z - a_t mu)
+    a_ts = a_t / a_s
+    s2_ts = s2_t - a_ts**2 * s2_s
+    A, Bx, Vq = a_ts * s2_s / s2_t, a_s * s2_ts / s2_t, s2_ts * s2_s / s2_t
+    k, l = A + Bx * kx, Bx * (mu - kx * a_t * mu)
+    m, v = k * m + l, k * k * v + Vq
+  a0 = math.sqrt(_sigmoid(-gammas[0]))
+  m, v = m / a0, v / a0**2 + math.exp(gammas[0])
+  return np.sum(-0.5 * np.log(2 * np.pi * v) - 0.5 * (x - m) ** 2 / v, axis=-1)
+
+
 # =============================================================================================
 # (b) Enumerable discrete diffusion.
 # =============================================================================================

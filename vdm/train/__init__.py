@@ -6,6 +6,8 @@ Public entry points:
   your own Flax denoiser if you like; returns the final state and the last bound summary.
 - `restore(config, workdir)` -> EMA parameters; `restore_run` -> the run and its state.
 - `evaluate(config, workdir, full=False)` -> the bound (bits/dim); `sample(config, workdir)`.
+- `iwbound(config, workdir)`, `ode_nll(config, workdir)` -> LikelihoodResult: importance-weighted
+  bounds for several K, and the probability-flow ODE likelihood, of the held-out examples.
 - `setup(config, dataset)` -> a checked `Run`; `bound_on(run, params, examples, key)` -> the
   bound of any parameters on any examples; `draw_samples(run, params_rep, key, n)`.
 
@@ -21,8 +23,8 @@ from vdm.train.devices import (AXIS, compiler_options, device_layout, pmap, repl
                                unreplicate)
 from vdm.train.evaluation import Run, bound_on, draw_samples, evaluate_bound, setup
 from vdm.train.loop import NonFiniteLossError, TrainResult, train_and_evaluate
-from vdm.train.modes import (EvalResult, RestoredRun, SampleResult, evaluate, restore,
-                             restore_run, sample)
+from vdm.train.modes import (EvalResult, LikelihoodResult, RestoredRun, SampleResult, evaluate,
+                             iwbound, ode_nll, restore, restore_run, sample)
 from vdm.train.rundir import RESUMABLE_FIELDS, RunDirError
 from vdm.train.state import (LR_SCHEDULES, OPTIMIZERS, TrainState, create_optimizer, decay_mask,
                              init_state, learning_rate_schedule)

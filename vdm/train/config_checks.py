@@ -129,3 +129,25 @@ def validate_config(config) -> None:
   checks.nonnegative_int("eval.num_examples", e.num_examples)
   checks.nonnegative_int("eval.num_samples", e.num_samples)
   checks.boolean("eval.at_start", e.at_start)
+  check_likelihood_fields(config.likelihood)
+
+
+def check_likelihood_fields(l) -> None:
+  """The `likelihood` group (--mode=iwbound, --mode=ode_nll), each field named on error."""
+  from vdm.diffusion import ode
+  checks.nonnegative_int("likelihood.num_examples", l.num_examples)
+  checks.positive_int("likelihood.batch_size", l.batch_size)
+  if not len(l.iw_num_samples):
+    raise ValueError("likelihood.iw_num_samples must list at least one K, got ()")
+  for i, k in enumerate(l.iw_num_samples):
+    checks.positive_int(f"likelihood.iw_num_samples[{i}]", k)
+  checks.positive_int("likelihood.iw_chunk_size", l.iw_chunk_size)
+  checks.number("likelihood.ode_rtol", l.ode_rtol, 0.0, low_open=True)
+  checks.number("likelihood.ode_atol", l.ode_atol, 0.0, low_open=True)
+  checks.choice("likelihood.ode_solver", l.ode_solver, ode.SOLVERS)
+  checks.nonnegative_int("likelihood.ode_num_steps", l.ode_num_steps)
+  checks.number("likelihood.ode_t0", l.ode_t0, 0.0, 1.0, low_open=True, high_open=True)
+  checks.choice("likelihood.ode_divergence", l.ode_divergence, ode.DIVERGENCES)
+  checks.choice("likelihood.ode_probe", l.ode_probe, ode.PROBES)
+  checks.positive_int("likelihood.ode_num_probes", l.ode_num_probes)
+  checks.choice("likelihood.ode_interpolation", l.ode_interpolation, ode.DDPM_INTERPOLATIONS)

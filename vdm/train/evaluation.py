@@ -8,6 +8,7 @@ from typing import Any, NamedTuple, Optional
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from absl import logging
 
 from vdm import checks
@@ -17,7 +18,8 @@ from vdm import random_streams as streams
 from vdm import reporting
 from vdm.train.config_checks import validate_config
 from vdm.train.devices import compiler_options, device_layout, pmap, replicate, unreplicate
-from vdm.train.steps import make_eval_step
+from vdm.train.devices import AXIS
+from vdm.train.steps import batch_info, make_eval_step
 
 
 class Run(NamedTuple):
@@ -80,6 +82,52 @@ def bound_on(run: Run, params, examples: np.ndarray, key) -> dict:
                      f"(the data's per-example shape), got {examples.shape}")
   p_eval = pmap(make_eval_step(run.objective), run.devices, compiler_options(run.config, "eval"))
   return _mean_bound(run, p_eval, replicate(params, run.devices), examples, key)
+
+
+def make_per_example_step(objective, fn):
+  """(params, v [per_device, ...], mask, key) -> fn's [per_device] outputs, one call per example.
+
+  fn(params, x [1, ...], key) -> dict of [1] arrays, with x encoded (dequantized with the
+  example's own key when the objective dequantizes) and a key per example from its global
+  index (random_streams.BOUND), so the values do not depend on the device layout.
+  """
+
+  def step(params, v, mask, key):
+    del mask
+    info = batch_info(key, v.shape[0], v.shape[0] * jax.lax.psum(1, AXIS))
+    x = objective.encode(v, info.keys(streams.DEQUANTIZE))
+    out = jax.vmap(lambda k, xi: fn(params, xi[None], k))(info.keys(streams.BOUND), x)
+    return jax.tree_util.tree_map(lambda a: a[:, 0], out)
+
+  return step
+
+
+def per_example(run: Run, fn, params, examples: np.ndarray, key, batch_size: int) -> dict:
+  """fn (see `make_per_example_step`) on every row of `examples`: dict of float64 [N].
+
+  Batches of batch_size (global) examples over the run's devices, padded and masked; batch i
+  uses the key fold_in(key, i). With several processes, every process gets all N values.
+  """
+  p_step = pmap(make_per_example_step(run.objective, fn), run.devices)
+  params_rep = replicate(params, run.devices)
+  parts = []
+  for i, (batch, mask) in enumerate(data_lib.eval_batches(
+      examples, global_batch_size=batch_size, process_index=jax.process_index(),
+      process_count=jax.process_count(), local_device_count=len(run.devices))):
+    out = p_step(params_rep, batch, mask, replicate(jax.random.fold_in(key, i), run.devices))
+    if jax.process_count() > 1:
+      out, mask = multihost_utils.process_allgather((out, mask), tiled=True)
+    keep = np.asarray(mask).reshape(-1)
+    parts.append({k: np.asarray(v, np.float64).reshape(-1)[keep] for k, v in out.items()})
+  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def mean_and_se(values: np.ndarray) -> tuple:
+  """(mean, standard error of the mean) over examples: std (ddof 1) / sqrt(N); SE 0 if N=1."""
+  values = np.asarray(values, np.float64)
+  n = values.size
+  se = float(values.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+  return float(values.mean()), se
 
 
 def draw_samples(run: Run, params_rep, key, n: int, batch_size: Optional[int] = None

@@ -8,6 +8,7 @@ training run's eval/bound_<step>.json or samples/samples_<step>.png.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -20,7 +21,8 @@ from vdm import reporting
 from vdm.train import checkpoints as ckpt
 from vdm.train import rundir
 from vdm.train.devices import compiler_options, pmap, replicate
-from vdm.train.evaluation import Run, draw_samples, eval_and_sample, record_path, setup
+from vdm.train.evaluation import (Run, draw_samples, eval_and_sample, mean_and_se, per_example,
+                                  record_path, setup)
 from vdm.train.state import TrainState, create_optimizer, init_state
 from vdm.train.steps import make_eval_step
 
@@ -114,3 +116,114 @@ def sample(config: ml_collections.ConfigDict, workdir: str, num_samples: Optiona
         run.dataset.num_levels)
     logging.info("samples at step %d: %s", restored.step, path)
   return SampleResult(samples, restored.step, path)
+
+
+class LikelihoodResult(NamedTuple):
+  record: dict              # what the JSON holds (means, standard errors, timings)
+  step: int
+  path: str                 # DIR/eval/<mode>_<step>.json
+
+
+def _likelihood_setup(config, workdir, kwargs):
+  """Checks, the restored run, the held-out examples (likelihood.num_examples) and the key."""
+  if jax.process_index() == 0:
+    rundir.check_writable(workdir)
+  restored = restore_run(config, workdir, **kwargs)
+  test = restored.run.dataset.test
+  examples = test[:config.likelihood.num_examples or len(test)]
+  return restored, examples, streams.eval_key(config.seed, restored.step)
+
+
+def _summary_row(values: dict, seconds: float, **extra) -> dict:
+  """Means and standard errors over the examples of every per-example value."""
+  row = dict(extra)
+  for k, v in values.items():
+    row[k], row[f"{k}_se"] = mean_and_se(v)
+  row["seconds"] = seconds
+  return row
+
+
+def _write_likelihood(workdir: str, name: str, restored, examples, record: dict):
+  record = dict(record, mode=name, step=restored.step, num_examples=int(len(examples)),
+                seed=int(restored.run.config.seed),
+                key=f"random_streams.eval_key(seed={restored.run.config.seed}, "
+                    f"step={restored.step})")
+  path = record_path(workdir, name, restored.step)
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    rundir.write_json_atomic(path, record)
+    logging.info("%s at step %d: %s", name, restored.step, path)
+  return LikelihoodResult(record, restored.step, path)
+
+
+def iwbound(config: ml_collections.ConfigDict, workdir: str, **kwargs) -> LikelihoodResult:
+  """Importance-weighted bounds L_K (Burda et al. 2016) over whole forward trajectories for
+  each K of likelihood.iw_num_samples, beside calc_bpd's bound of the same examples.
+
+  On the first likelihood.num_examples held-out examples with the newest checkpoint's EMA
+  params; bits/dim with standard errors over the examples; written to
+  DIR/eval/iwbound_<step>.json. The K-sample bound costs K T network passes per example.
+  Trajectory k of an example is the same for every K, so the K's are paired.
+  kwargs: as `restore_run`.
+  """
+  restored, examples, key = _likelihood_setup(config, workdir, kwargs)
+  run, l, params = restored.run, config.likelihood, restored.ema_params
+  start = time.perf_counter()
+  bound = per_example(run, lambda p, x, k: {"total_bpd": run.objective.bound(p, x, k)[
+      "total_bpd"]}, params, examples, key, l.batch_size)
+  rows = [_summary_row(bound, time.perf_counter() - start, K="calc_bpd")]
+  for num_samples in l.iw_num_samples:
+    start = time.perf_counter()
+    values = per_example(
+        run, lambda p, x, k, n=num_samples: run.objective.iw_bound(p, x, k, n, l.iw_chunk_size),
+        params, examples, key, l.batch_size)
+    rows.append(_summary_row(values, time.perf_counter() - start, K=int(num_samples)))
+    logging.info("iwbound K=%d: %.4f +- %.4f bits/dim (ESS %.1f) in %.1f s", num_samples,
+                 rows[-1]["iw_bound_bpd"], rows[-1]["iw_bound_bpd_se"], rows[-1]["ess"],
+                 rows[-1]["seconds"])
+  return _write_likelihood(workdir, "iwbound", restored, examples,
+                           {"units": "bits/dim", "rows": rows})
+
+
+def ode_options(likelihood_config) -> dict:
+  """The keyword options of `vdm.diffusion.ode.log_likelihood` from the likelihood group."""
+  l = likelihood_config
+  return dict(divergence=l.ode_divergence, probe=l.ode_probe, num_probes=l.ode_num_probes,
+              solver=l.ode_solver, rtol=l.ode_rtol, atol=l.ode_atol,
+              num_steps=l.ode_num_steps or None, t0=l.ode_t0)
+
+
+def ode_nll(config: ml_collections.ConfigDict, workdir: str, **kwargs) -> LikelihoodResult:
+  """The probability-flow ODE likelihood (Song et al. 2021, eq. 13 / App. D) of the newest
+  checkpoint's EMA params on the first likelihood.num_examples held-out examples.
+
+  Integer data: uniform dequantization, an upper bound on the discrete NLL in bits/dim
+  (>= 0 in expectation; a negative mean is refused as a bug, never reported); continuous
+  data: the density's -log p / (D ln 2). With standard errors over the examples, the mean
+  number of function evaluations and the wall time; DIR/eval/ode_nll_<step>.json.
+  Options: likelihood.ode_* (solver, tolerances or fixed steps, t0, divergence estimator).
+  kwargs: as `restore_run`.
+  """
+  restored, examples, key = _likelihood_setup(config, workdir, kwargs)
+  run, l = restored.run, config.likelihood
+  options = ode_options(l)
+  run.objective.ode_process(restored.ema_params, l.ode_interpolation)   # checked before solving
+  start = time.perf_counter()
+  values = per_example(
+      run, lambda p, x, k: run.objective.ode_nll(p, x, k, options, l.ode_interpolation),
+      restored.ema_params, examples, key, l.batch_size)
+  discrete = run.dataset.num_levels is not None
+  row = _summary_row(values, time.perf_counter() - start, divergence=l.ode_divergence)
+  if discrete and row["ode_nll_bpd"] < 0:
+    raise FloatingPointError(
+        f"the dequantized ODE bound is {row['ode_nll_bpd']:.4f} bits/dim < 0 on discrete data, "
+        f"which a normalized density cannot give in expectation: a bug or too loose "
+        f"tolerances (likelihood.ode_rtol={l.ode_rtol}, ode_atol={l.ode_atol})")
+  quantity = ("upper bound on the discrete NLL (uniform dequantization + log2((K-1)/2))"
+              if discrete else "continuous density -log p(x) / (D ln 2)")
+  logging.info("ode_nll: %.4f +- %.4f bits/dim, %.0f function evaluations, %.1f s",
+               row["ode_nll_bpd"], row["ode_nll_bpd_se"], row["nfe"], row["seconds"])
+  return _write_likelihood(workdir, "ode_nll", restored, examples,
+                           {"units": "bits/dim", "quantity": quantity,
+                            "options": dict(options, interpolation=l.ode_interpolation),
+                            "rows": [row]})

@@ -32,6 +32,8 @@ RESUMABLE_FIELDS = (
     "eval.batch_size", "eval.num_examples", "eval.num_samples", "eval.at_start",
     "data.data_dir", "data.tfds_data_dir",
 )
+# Config groups that never change training (every field in them may change on resume).
+RESUMABLE_GROUPS = ("likelihood",)
 # Fields that only change how a trained model is evaluated: the read-only modes (eval, bpd,
 # sample, restore) accept them changed; a resumed training run does not (its evals would mix).
 EVAL_ONLY_FIELDS = ("diffusion.clip_bound",)
@@ -69,7 +71,7 @@ def differences(stored: dict, new: dict) -> list:
   return out
 
 
-def _write_json_atomic(path: str, obj) -> None:
+def write_json_atomic(path: str, obj) -> None:
   d = os.path.dirname(path)
   fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")
   with os.fdopen(fd, "w") as f:
@@ -99,14 +101,15 @@ def check_or_store(workdir: str, name: str, record: dict, allow_change: bool,
   path = os.path.join(workdir, name)
   if not os.path.exists(path):
     if write:
-      _write_json_atomic(path, record)
+      write_json_atomic(path, record)
     return
   try:
     stored = read_json(path)
   except (OSError, ValueError) as e:
     raise RunDirError(f"{path} cannot be read ({e}); it records how this run was started. "
                       f"Restore it, or start the run in a new --workdir") from None
-  diffs = [d for d in differences(compare(stored), compare(record)) if d[0] not in resumable]
+  diffs = [d for d in differences(compare(stored), compare(record))
+           if d[0] not in resumable and d[0].split(".")[0] not in RESUMABLE_GROUPS]
   if not diffs:
     return
   lines = "\n".join(f"  {k}: stored {a!r}, now {b!r}" for k, a, b in diffs)
