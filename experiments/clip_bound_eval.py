@@ -37,6 +37,18 @@ def load_config(run_dir: str):
     raise FileNotFoundError(f"--run_dirs: {path} not found (not a vdm.train run directory)")
   with open(path) as f:
     cfg = ml_collections.ConfigDict(json.load(f))
+  # Fields added to configs/base.py after the run was made take their defaults (the trainer
+  # compares only the fields the run recorded against them, and the new ones are evaluation-only).
+  from configs.base import get_base_config
+  base = get_base_config()
+  with cfg.unlocked():
+    for group, fields in base.items():
+      if group not in cfg:
+        cfg[group] = fields
+      elif isinstance(fields, ml_collections.ConfigDict):
+        for name in fields:
+          if name not in cfg[group]:
+            cfg[group][name] = fields[name]
   for k in ("ch_mult", "attn_resolutions", "fourier_features"):
     if k in cfg.model and isinstance(cfg.model[k], list):
       cfg.model[k] = tuple(cfg.model[k])
