@@ -23,9 +23,10 @@ setup(
   extras_require={
     # Figures (PNG plots of bound terms) and TensorBoard event files.
     "extras": ["matplotlib>=3.8,<4", "tensorboardX>=2.6,<3"],
-    # Independent reference computations used by the tests (numpyro: the IWAE benchmark's peer).
+    # Independent reference computations used by the tests (mpmath: high-precision references
+    # of the numerics tests; numpyro: the IWAE benchmark's peer).
     "test": ["pytest>=8,<10", "scipy>=1.11,<2", "matplotlib>=3.8,<4",
-        "tensorboardX>=2.6,<3", "numpyro>=0.15,<0.30"],
+        "tensorboardX>=2.6,<3", "numpyro>=0.15,<0.30", "mpmath>=1.3,<2"],
     # Peers measured by the benchmark scripts.
     "bench": ["numpyro>=0.15,<0.30", "funsor>=0.4,<0.5"],
   },
