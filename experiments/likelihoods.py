@@ -48,13 +48,9 @@ LN2 = math.log(2.0)
 # ------------------------------------------------------------------------------------------
 # The runs: what is computed.
 
-def _mean_se(values) -> tuple:
-  v = np.asarray(values, np.float64)
-  return float(v.mean()), float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else 0.0
-
-
 def _row(name, values_bpd, exact_bpd=None, seconds=None, **extra) -> dict:
   """A table row: mean and SE over the examples, and the paired gap to the exact value."""
+  from vdm.train.evaluation import mean_and_se as _mean_se
   row = {"quantity": name, **extra}
   row["bpd"], row["bpd_se"] = _mean_se(values_bpd)
   if exact_bpd is not None:
