@@ -6,13 +6,15 @@ schedule, T = 1000, as the continuous VP process `vdm.diffusion.ode.DDPMProcess`
 prediction). Networks, randomly initialized (seed 1; no training: the bench times the solver,
 and both implementations see the same drift):
   unet         vdm.models.unet.UNet(ch=16, ch_mult=(1, 2), num_res_blocks=1, no attention,
-               num_groups=8) on [B, 8, 8, 1], conv_impl="lax" (the default);
-  unet_matmul  the same with conv_impl="matmul" (3x3 convolutions as im2col GEMMs). On
+               num_groups=8) on [B, 8, 8, 1], conv_impl="lax" (the default, as trained). On
                XLA:CPU (jaxlib 0.10.2) the input gradients of lax convolutions run ~3x slower
                inside a while loop (every ODE solver's) than in a top-level program: one drift
                + divergence of this U-Net took 25 ms in a lax.fori_loop against 8 ms alone,
-               while the matmul form took 7 ms in the loop. The host loop calls a top-level
-               program per evaluation and does not pay this;
+               while the matmul form took 7 ms in the loop. So vdm solves it as
+               `vdm.objectives.solver_net(net)` (what --mode=ode_nll does: on CPU the same
+               U-Net with conv_impl="matmul", same parameters), and the host loop calls the
+               lax form, its fastest, as a top-level program per evaluation;
+  unet_matmul  conv_impl="matmul" (3x3 convolutions as im2col GEMMs) on both sides;
   mlp          vdm.models.mlp.MLPDenoiser(hidden=64, num_blocks=2) on the flattened 64
                pixels [B, 64] (a cheap network: the per-evaluation overhead of a host loop
                shows).
@@ -39,7 +41,12 @@ Implementations, alternated call by call in one process (DESIGN.md, Benchmarks):
 One JSON object per line per (case, vdm implementation), with the host loop's numbers beside:
 bench, case, batch, impl, median_s, items_per_s, nfe, time_per_nfe_ms, scipy_median_s,
 scipy_items_per_s, scipy_nfe, scipy_time_per_nfe_ms, ratio (= scipy_median_s / median_s, the
-speedup), per_nfe_ratio (the speedup per function evaluation), bpd_mean, scipy_bpd_mean,
+speedup), per_nfe_ratio (the speedup per function evaluation), eval_floor_ms (one drift +
+divergence of vdm's network with no dispatch: jitted lax.fori_loops of 40 and 20 chained
+evaluations, the difference of their times / 20, alternated with the solves), equal_nfe_ceiling (= scipy_median_s / (scipy_nfe *
+eval_floor): the largest speedup a solver making scipy's number of evaluations could reach
+if its steps cost nothing beyond the network; near 1 when the network dominates the host
+loop's time), bpd_mean, scipy_bpd_mean,
 bpd_max_abs_diff, and the provenance keys of experiments/common.py (jax, jaxlib, XLA_FLAGS,
 machine, command).
 
@@ -50,6 +57,7 @@ machine, command).
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 
@@ -83,12 +91,19 @@ def _digits(batch: int, key):
   return dequantize(key, v, NUM_LEVELS, jnp.float32)
 
 
+def _apply(net, p, z, s):
+  return net.apply({"params": p}, z, s)
+
+
 def _network(case: str, x, quick: bool):
-  """(model_fn(params, x_t, s), params, x) for the case; x reshaped to the network's input."""
+  """(ours model_fn(params, x_t, s), the host loop's model_fn, params, x) for the case; x
+  reshaped to the network's input."""
+  import functools
   import jax
   import jax.numpy as jnp
   from vdm.models.mlp import MLPDenoiser
   from vdm.models.unet import UNet
+  from vdm.objectives import solver_net
   if case in ("unet", "unet_matmul"):
     net = UNet(ch=8 if quick else 16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
                dropout=0.0, num_groups=8, conv_impl="matmul" if case == "unet_matmul" else "lax")
@@ -98,7 +113,8 @@ def _network(case: str, x, quick: bool):
   else:
     raise ValueError(f"case must be one of {list(CASES)}, got {case!r}")
   params = jax.jit(net.init)(jax.random.PRNGKey(1), x[:1], jnp.zeros((1,)))["params"]
-  return (lambda p, z, s: net.apply({"params": p}, z, s)), params, x
+  return (functools.partial(_apply, solver_net(net)), functools.partial(_apply, net), params,
+          x)
 
 
 def _scipy_likelihood(model_fn, params, x, key, process, tol):
@@ -126,26 +142,40 @@ def _scipy_likelihood(model_fn, params, x, key, process, tol):
 
 
 _SCIPY_FNS = {}
+EVAL_LOOP = 20
+
+
+def _flat_drift(model_fn, shape, params, y, t, key, process):
+  """(flat state [B*D + B], t) -> flat [drift, divergence] (one Hutchinson probe)."""
+  import jax.numpy as jnp
+  from vdm.diffusion import ode
+  x = y[:-shape[0]].reshape(shape)
+  v, div = ode.drift_and_divergence(model_fn, params, x, t, process, key,
+                                    divergence="hutchinson", probe="rademacher", num_probes=1)
+  return jnp.concatenate([v.reshape(-1), div])
+
+
+def _eval_loop(model_fn, shape, n):
+  """A jitted (params, y0, key, process) -> n chained evaluations in one lax.fori_loop."""
+  import jax
+
+  @jax.jit
+  def loop(params, y0, key, process):
+    def body(i, y):
+      t = 0.5 + 0.01 * i
+      return y + 1e-3 * _flat_drift(model_fn, shape, params, y, t, key, process)
+    return jax.lax.fori_loop(0, n, body, y0)
+  return loop
 
 
 def _scipy_drift_fn(model_fn, shape):
   """A jitted (params, flat state [B*D + B], t, key, process) -> flat [drift, divergence]."""
   import jax
-  import jax.numpy as jnp
-  from vdm.diffusion import ode
   cache_key = (id(model_fn), shape)
   if cache_key not in _SCIPY_FNS:
     b = shape[0]
 
-    @jax.jit
-    def flat(params, y, t, key, process):
-      x = y[:-b].reshape(shape)
-      v, div = ode.drift_and_divergence(model_fn, params, x, t, process, key,
-                                        divergence="hutchinson", probe="rademacher",
-                                        num_probes=1)
-      return jnp.concatenate([v.reshape(-1), div])
-
-    _SCIPY_FNS[cache_key] = flat
+    _SCIPY_FNS[cache_key] = jax.jit(functools.partial(_flat_drift, model_fn, shape))
   return _SCIPY_FNS[cache_key]
 
 
@@ -154,7 +184,7 @@ def _one_case(case: str, quick: bool, batch: int, reps: int, tol: float) -> list
   from vdm.diffusion import ode
   from vdm.diffusion.schedules import get_beta_schedule
   key_data, key_probe = jax.random.split(jax.random.PRNGKey(0))
-  model_fn, params, x = _network(case, _digits(batch, key_data), quick)
+  model_fn, host_model_fn, params, x = _network(case, _digits(batch, key_data), quick)
   process = ode.DDPMProcess(get_beta_schedule("linear", 1000))
   d = int(np.prod(x.shape[1:]))
   variants = {
@@ -169,12 +199,27 @@ def _one_case(case: str, quick: bool, batch: int, reps: int, tol: float) -> list
     return jax.block_until_ready(out)
 
   def scipy_run():
-    return _scipy_likelihood(model_fn, params, x, key_probe, process, tol)
+    return _scipy_likelihood(host_model_fn, params, x, key_probe, process, tol)
+
+  loops = [_eval_loop(model_fn, x.shape, n) for n in (EVAL_LOOP, 2 * EVAL_LOOP)]
+  y0 = jax.numpy.concatenate([x.reshape(-1), jax.numpy.zeros((x.shape[0],), x.dtype)])
+
+  def eval_floor():
+    """Seconds per drift + divergence of vdm's network inside one program: the difference of
+    loops of 2n and n evaluations over n (the call's fixed cost cancels)."""
+    ts = []
+    for loop in loops:
+      t = time.perf_counter()
+      jax.block_until_ready(loop(params, y0, key_probe, process))
+      ts.append(time.perf_counter() - t)
+    return max(ts[1] - ts[0], 1e-9) / EVAL_LOOP
+
+  eval_floor()
 
   # Warm-up (compilation) of every implementation, then alternate them call by call.
   results = {name: ours(opts) for name, opts in variants.items()}
   scipy_ll, scipy_nfe = scipy_run()
-  times = {name: [] for name in list(variants) + ["scipy_rk45"]}
+  times = {name: [] for name in list(variants) + ["scipy_rk45", "eval_floor"]}
   for _ in range(reps):
     for name, opts in variants.items():
       t = time.perf_counter()
@@ -183,9 +228,11 @@ def _one_case(case: str, quick: bool, batch: int, reps: int, tol: float) -> list
     t = time.perf_counter()
     scipy_ll, scipy_nfe = scipy_run()
     times["scipy_rk45"].append(time.perf_counter() - t)
+    times["eval_floor"].append(eval_floor())
 
   scipy_bpd = -scipy_ll / (d * math.log(2))
   scipy_s = common.median(times["scipy_rk45"])
+  floor_s = common.median(times["eval_floor"])
   env = common.env_info()
   shape = "x".join(str(s) for s in x.shape[1:])
   records = []
@@ -204,6 +251,7 @@ def _one_case(case: str, quick: bool, batch: int, reps: int, tol: float) -> list
         "scipy_nfe": scipy_nfe, "scipy_time_per_nfe_ms": 1e3 * scipy_s / scipy_nfe,
         "ratio": scipy_s / med,
         "per_nfe_ratio": (scipy_s / scipy_nfe) / (med / int(nfe.max())),
+        "eval_floor_ms": 1e3 * floor_s, "equal_nfe_ceiling": scipy_s / (scipy_nfe * floor_s),
         "bpd_mean": float(bpd.mean()), "scipy_bpd_mean": float(scipy_bpd.mean()),
         "bpd_max_abs_diff": float(np.abs(bpd - scipy_bpd).max()),
         "divergence": "hutchinson", "probe": "rademacher", "num_probes": 1, "rtol": tol,

@@ -167,6 +167,13 @@ def claims(results: dict) -> list:
               all(b["bpd"] <= a["bpd"] + 4 * a["bpd_se"] for a, b in zip(dig, dig[1:]))
               and all(r["bpd"] <= calc["bpd"] + 4 * calc["bpd_se"] for r in dig[1:]),
               ", ".join(f"K={r['K']}: {r['bpd']:.4f}" for r in dig)))
+  ode_rows = {r["quantity"].split(", ")[1].split(" ")[0]: r for r in results["digits"]["rows"]
+              if r["quantity"].startswith("probability-flow ODE")}
+  if "exact" in ode_rows:   # the same dequantized examples; SEs over the examples (unpaired)
+    e, h = ode_rows["exact"], ode_rows["hutchinson"]
+    out.append(("digits: the ODE with Hutchinson's divergence agrees with the exact divergence",
+                abs(h["bpd"] - e["bpd"]) <= 4 * math.hypot(h["bpd_se"], e["bpd_se"]),
+                f"{h['bpd']:.4f} vs {e['bpd']:.4f}"))
   return out
 
 

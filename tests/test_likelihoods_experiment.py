@@ -13,7 +13,8 @@ SMALL = ["--config.training.num_steps=10", "--config.training.steps_per_eval=10"
          "--config.likelihood.num_examples=4", "--config.likelihood.batch_size=4",
          "--config.likelihood.iw_num_samples=(1,4)", "--config.likelihood.ode_rtol=1e-3",
          "--config.likelihood.ode_atol=1e-3", "--config.experiment.oracle_num_examples=16",
-         "--config.experiment.oracle_iw_num_samples=(1,10,100)"]
+         "--config.experiment.oracle_iw_num_samples=(1,10,100)",
+         "--config.experiment.ode_exact_divergence=False"]
 
 
 def _run(args):

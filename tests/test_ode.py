@@ -384,3 +384,38 @@ def test_discrete_bpd_refuses_a_negative_bound():
 
 def _shifted_prior(x1):
   return -0.5 * jnp.sum(x1**2, -1) - x1.shape[-1] * 0.5 * math.log(2 * math.pi) + 50.0
+
+
+def test_solver_net_is_the_same_unet_with_gemm_convolutions_on_cpu():
+  """--mode=ode_nll solves a lax-convolution U-Net as its conv_impl='matmul' clone on CPU
+  (objectives.solver_net): the same parameters give the same outputs and the same input
+  gradients (the vector-Jacobian products of the Hutchinson divergence); other networks are used as they are."""
+  from vdm.models.mlp import MLPDenoiser
+  from vdm.objectives import solver_net
+  net = UNet(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0,
+             num_groups=4)
+  assert net.conv_impl == "lax"
+  fast = solver_net(net)
+  assert jax.default_backend() != "cpu" or fast.conv_impl == "matmul"
+  mlp = MLPDenoiser(hidden=8, num_blocks=1)
+  assert solver_net(mlp) is mlp
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 1))
+  v = jax.random.normal(jax.random.PRNGKey(3), x.shape)
+  t = jnp.array([3, 700], jnp.int32)
+  params = jax.jit(net.init)(jax.random.PRNGKey(1), x, t)["params"]
+  # Non-zero last convolutions so that every layer matters.
+  params = jax.tree_util.tree_map(lambda p: p + 0.05 * jnp.ones_like(p), params)
+
+  @jax.jit
+  def value_and_vjp(p):
+    outs = []
+    for n in (net, fast):
+      out, pull = jax.vjp(lambda z: n.apply({"params": p}, z, t), x)
+      outs.append((out, pull(v)[0]))
+    return outs
+
+  (out, tangent), (out_fast, tangent_fast) = value_and_vjp(params)
+  assert float(jnp.std(out)) > 1e-2 and float(jnp.std(tangent)) > 1e-2
+  np.testing.assert_allclose(np.asarray(out_fast), np.asarray(out), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(tangent_fast), np.asarray(tangent), rtol=1e-4,
+                             atol=1e-4)

@@ -18,6 +18,7 @@ device's share of a batch:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, NamedTuple, Optional
 
@@ -199,8 +200,9 @@ class DDPMObjective:
     return ode.DDPMProcess.from_diffusion(self.diffusion, interpolation)
 
   def ode_model(self, params):
-    """(model function, its params) as `vdm.diffusion.ode.log_likelihood` calls them."""
-    return self.model_fn, params
+    """(model function, its params) as `vdm.diffusion.ode.log_likelihood` calls them: the
+    network as `solver_net` runs it inside the solver's loop."""
+    return functools.partial(_apply_deterministic, solver_net(self.net)), params
 
   def ode_nll(self, params, x, key, options: dict, interpolation: str = "auto"):
     """Probability-flow ODE bits/dim [B] (`ode_nll_bpd`); see `_ode_nll`."""
@@ -209,6 +211,26 @@ class DDPMObjective:
   def sample(self, params, key, n: int):
     return self.diffusion.p_sample_loop(self.model_fn, params, (n,) + tuple(self.data_shape), key,
                                         clip_denoised=self.clip_denoised)
+
+
+def solver_net(net):
+  """The denoiser as an ODE solve should run it (same parameters, same function).
+
+  On XLA:CPU (jaxlib 0.10.2) the input gradients of `lax` convolutions run ~3-5x slower inside
+  a while loop, as in every adaptive solver, than in a top-level program
+  (experiments/bench_ode.py: unet vs unet_matmul); the U-Net's im2col-GEMM convolutions
+  (`conv_impl="matmul"`, the same `kernel` [3, 3, C, O] parameters) do not slow down there. So
+  on the CPU backend a U-Net with `conv_impl="lax"` is solved as its `"matmul"` clone; other
+  networks and other backends are used as they are.
+  """
+  if jax.default_backend() == "cpu" and getattr(net, "conv_impl", None) == "lax":
+    return net.clone(conv_impl="matmul")
+  return net
+
+
+def _apply_deterministic(net, params, x, cond):
+  """net(x, t or gamma) with dropout off: the model_fn(params, x_t, t) of DESIGN.md."""
+  return net.apply({"params": params}, x, cond, train=False)
 
 
 def _ode_nll(objective, params, x, key, options: dict, interpolation: str = "auto") -> dict:
@@ -390,7 +412,7 @@ class VDMObjective:
     return ode.VDMProcess(self.gamma_fn, params["gamma"])
 
   def ode_model(self, params):
-    return self.denoise_fn, params["denoiser"]
+    return functools.partial(_apply_deterministic, solver_net(self.net)), params["denoiser"]
 
   def ode_nll(self, params, x, key, options: dict, interpolation: str = "auto"):
     """Probability-flow ODE bits/dim [B] (`ode_nll_bpd`); see `_ode_nll`."""

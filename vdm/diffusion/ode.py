@@ -48,7 +48,8 @@ Performance. One jitted program runs the whole solve (no host round trip per eva
 score_sde's scipy loop; experiments/bench_ode.py measures both). On XLA:CPU (jaxlib 0.10.2) the
 input gradients of `lax` convolutions run ~3x slower inside a while loop, as in every ODE
 solver, than in a top-level program; build the U-Net with `UNet(conv_impl="matmul")` for ODE
-likelihoods on CPU (same numbers, GEMM convolutions, full speed inside the loop).
+likelihoods on CPU (same parameters and numbers, GEMM convolutions, full speed inside the loop).
+--mode=ode_nll does this itself (`vdm.objectives.solver_net`).
 
 Units: nats per example, except keys with `bpd` (bits per dimension, nats / (D ln 2)); the
 units rule of `vdm.diffusion`. Entry points take the user function as a static argument
