@@ -19,6 +19,10 @@ setup(
     "scikit-learn>=1.4,<2",
     # The probability-flow ODE likelihood (vdm.diffusion.ode): jittable adaptive solves.
     "diffrax>=0.7,<0.8",
+    # Bits-back coding (vdm.coding): the ANS entropy coder. A core dependency because it is a
+    # small self-contained wheel (Rust core, numpy only) and the coding tests run in CI from
+    # `pip install -e ".[test]"`.
+    "constriction>=0.5,<0.6",
   ],
   extras_require={
     # Figures (PNG plots of bound terms) and TensorBoard event files.

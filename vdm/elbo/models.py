@@ -320,6 +320,32 @@ class _Base:
     """log p(x) in nats for one example x [data_dim] (by enumeration)."""
     return log_evidence(self.log_joint, x, self.state_space(), chunk_size, params=params)
 
+  # Factors of p(x, h) = p(h) p(x | h) one at a time (for entropy coding, `vdm.coding`).
+
+  def all_states(self):
+    """int32 [S, num_latents]: every state, in `state_space()` order (row i = state index i)."""
+    space = self.state_space()
+    return space.states_from_index(jnp.arange(space.num_states, dtype=jnp.int32))
+
+  def log_prior_states(self, params):
+    """[S] log p(h) in nats for every state h of `all_states()` (sums to 1 in probability)."""
+    raise NotImplementedError(f"{type(self).__name__} has no log_prior_states")
+
+  def prior_bit_logits(self, params):
+    """[num_latents] logits of a factorized Bernoulli prior p(h) = prod_j Bern(h_j), or None
+    when the prior does not factorize over the latents."""
+    del params
+    return None
+
+  def likelihood_logits(self, params, h):
+    """Bernoulli logits of p(x_d = 1 | h): h int [..., num_latents] -> [..., data_dim].
+
+    log p(x | h) = sum_d x_d l_d - softplus(l_d) with l = likelihood_logits(params, h), so that
+    log_prior_states(params)[i] + log p(x | state i) == log_joint(params, x, state i). Only for
+    models of binary data."""
+    raise ValueError(f"{type(self).__name__} has continuous data x; p(x | h) is a density, not "
+                     f"a distribution over binary x")
+
 
 # ----------------------------------------------------------------------------------------------
 # Mixtures: one categorical latent (num_latents = 1, num_categories = K)
@@ -369,6 +395,10 @@ class _Mixture(_Base):
     """[N, K] posterior p(h = k | x_n) for a batch xs [N, data_dim]."""
     return jax.nn.softmax(jax.vmap(lambda x: self.component_log_joint(params, x))(xs), axis=-1)
 
+  def log_prior_states(self, params):
+    """[K] log pi_k = log_softmax(mixture_logits) (state index k = component k)."""
+    return jax.nn.log_softmax(params["mixture_logits"])
+
 
 @dataclasses.dataclass(frozen=True)
 class BernoulliMixture(_Mixture):
@@ -393,6 +423,10 @@ class BernoulliMixture(_Mixture):
   def component_log_joint(self, params, x):
     log_pi = jax.nn.log_softmax(params["mixture_logits"])
     return log_pi + jnp.sum(bernoulli_log_prob(params["logits"], x[None, :]), axis=-1)
+
+  def likelihood_logits(self, params, h):
+    """logits[h_0]: h int [..., 1] -> [..., D] (the Bernoulli logits of component h_0)."""
+    return params["logits"][h[..., 0]]
 
   def _sample(self, key, params, n):
     key_h, key_x = jax.random.split(key)
@@ -500,6 +534,18 @@ class SigmoidBeliefNet(_Base):
     return (log_prior - sum_softplus(logits) + jnp.dot(x, bias)
             + jnp.dot(hf, W @ x))
 
+  def log_prior_states(self, params):
+    """[2**H] log p(h) = h.a - sum softplus(a) for every state h."""
+    a = params["prior_logits"]
+    return self.all_states().astype(a.dtype) @ a - sum_softplus(a)
+
+  def prior_bit_logits(self, params):
+    return params["prior_logits"]
+
+  def likelihood_logits(self, params, h):
+    """bias + h W: h [..., H] -> [..., D]."""
+    return params["bias"] + h.astype(params["W"].dtype) @ params["W"]
+
   def _sample(self, key, params, n):
     key_h, key_x = jax.random.split(key)
     h = jax.random.bernoulli(key_h, jax.nn.sigmoid(params["prior_logits"]),
@@ -597,6 +643,16 @@ class RBM(_Base):
     """b + W h: logits of p(v_d = 1 | h); h [..., H] -> [..., D]."""
     return params["visible_bias"] + h.astype(params["W"].dtype) @ params["W"].T
 
+  def log_prior_states(self, params):
+    """[2**H] the marginal log p(h) = -F_h(h) - log Z for every hidden state (enumerated)."""
+    states = self.all_states()
+    return (-jax.vmap(lambda h: self.hidden_free_energy(params, h))(states)
+            - self.log_partition(params))
+
+  def likelihood_logits(self, params, h):
+    """p(v | h) = prod_d Bern(v_d; sigmoid(b + W h)): `visible_logits`, [..., D]."""
+    return self.visible_logits(params, h)
+
   def log_posterior(self, params, x, h):
     """Closed form: p(h|x) = prod_j Bern(h_j; sigmoid(c_j + (x W)_j))."""
     return _factorized_bernoulli_log_q(self.hidden_logits(params, x), h)
@@ -672,6 +728,20 @@ class BinaryLatentVAE(_Base):
       return log_prior + jnp.dot(x, logits) - sum_softplus(logits)
     mean, log_scale = self.decode(params, h)
     return log_prior + jnp.sum(normal_log_prob(x, mean, log_scale))
+
+  def log_prior_states(self, params):
+    """[2**H] log p(h) = sum_j log Bern(h_j; sigmoid(prior_logits_j)) for every state h."""
+    a = params["prior_logits"]
+    return self.all_states().astype(a.dtype) @ a - sum_softplus(a)
+
+  def prior_bit_logits(self, params):
+    return params["prior_logits"]
+
+  def likelihood_logits(self, params, h):
+    """The decoder's Bernoulli logits [..., D] (likelihood 'bernoulli' only)."""
+    if self.likelihood != "bernoulli":
+      return super().likelihood_logits(params, h)
+    return self.decode(params, h)
 
   def _sample(self, key, params, n):
     key_h, key_x = jax.random.split(key)
