@@ -49,7 +49,7 @@ word.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import constriction
 import numpy as np
@@ -497,10 +497,11 @@ def check_header(message: Message, config: str, num_examples: int, batch_size: i
     raise MessageError("message: it was encoded with another coding configuration (model, "
                        "posterior, precision_bits, R, data shape or num_levels differ)")
   if n != num_examples:
-    raise ValueError(f"num_examples: the message holds {n} examples, got num_examples="
-                     f"{num_examples}")
+    raise MessageError(f"num_examples: the message holds {n} examples (unless it is corrupted), "
+                       f"got num_examples={num_examples}")
   if b != batch_size:
-    raise ValueError(f"batch_size: the message was encoded with batch_size={b}, got {batch_size}")
+    raise MessageError(f"batch_size: the message was encoded with batch_size={b} (unless it is "
+                       f"corrupted), got {batch_size}")
   return data_crc
 
 
@@ -509,3 +510,192 @@ def check_data_crc(expected: int, *data) -> None:
   if crc32(*data) != expected:
     raise MessageError("message: the decoded data fail the checksum: the message is corrupted, "
                        "or the model parameters differ from the encoder's")
+
+
+# ----------------------------------------------------------------------------------------------
+# Windowed, two-level Gaussians: a small leak for latents on a fine grid
+# ----------------------------------------------------------------------------------------------
+#
+# constriction gives each symbol of a model's range at least 2**-24, so a QuantizedGaussian over
+# a fine grid of 2N + 1 symbols (65537 at precision_bits = 12, R = 8) "leaks" (2N+1) 2**-24 =
+# 0.4% of its mass uniformly over the range: a bits-back pop then lands, that often, on a grid
+# point far in the tails (an off-distribution latent that the rest of the chain pays for), and a
+# push costs more than it should. Two measures keep the leak small:
+# - two levels: a symbol k is coded as its coarse bin m = floor(k / b) (QuantizedGaussian in
+#   units of b) and then its offset inside the bin (uniform over the bin's fine symbols), with
+#   one coarse step b per call, a power of two with at least BINS_PER_STD coarse bins per std
+#   (b = 1 when the std is below BINS_PER_STD grid units). The coded distribution is the
+#   Gaussian's mass per coarse bin spread evenly over its fine symbols: a discretization
+#   within O((b / std)**2) of the fine one (about 1e-4 nats per latent at 16 bins per std);
+# - a window: the coarse bin is coded as the offset from an integer center (round of the mean,
+#   clipped to the range) in [-W, W], W = ceil(num_std * std / b), so a model has 2W + 1 coarse
+#   symbols (about 257 at 16 bins per std and num_std = 8: a leak of 1.5e-5, confined to +-8
+#   std).
+# Pops from a window always land in it; a push of an arbitrary symbol (the model's p need not
+# cover it) first sends an escape flag per symbol (P(escape) = 2**-24: 9e-8 bits for a symbol
+# inside its window, 24 bits outside) and codes an escaped symbol with the fine Gaussian over
+# the whole range. The `*_log2prob` functions give the exact probabilities of these models.
+
+DEFAULT_NUM_STD = 8.0
+BINS_PER_STD = 16
+ESCAPE_PROB = 2.0**-24
+
+
+class _Window(NamedTuple):
+  b: int                 # coarse step (fine symbols per coarse bin)
+  w: int                 # window half-width in coarse bins
+  m_lo: int              # coarse bins of the range: [m_lo, m_hi]
+  m_hi: int
+  mean: np.ndarray       # coarse-unit mean relative to the center [N]
+  std: np.ndarray        # coarse-unit std [N]
+  centers: np.ndarray    # int64 [N], coarse center
+
+
+def gaussian_window(mean, std, symbol_range, num_std: float = DEFAULT_NUM_STD) -> _Window:
+  """The two-level windowed model of canonical mean, std [N] (grid units) on symbol_range."""
+  lo, hi = _check_range(symbol_range)
+  mean = canonical_mean(mean).ravel()
+  std = canonical_std(std).ravel()
+  if std.shape != mean.shape:
+    raise ValueError(f"mean and std must have the same size, got {mean.shape} and {std.shape}")
+  min_std = float(np.min(std)) if std.size else 1.0
+  b = 2**max(0, int(math.floor(math.log2(max(min_std / BINS_PER_STD, 1.0)))))
+  m_lo, m_hi = lo // b, hi // b
+  while m_hi - m_lo < 2 and b > 1:   # keep at least 3 coarse bins
+    b //= 2
+    m_lo, m_hi = lo // b, hi // b
+  # Coarse bin m holds fine symbols [m b, m b + b - 1]: in fine units the interval
+  # [m b - 1/2, m b + b - 1/2], i.e. u = (k + 1/2) / b - 1/2 in [m - 1/2, m + 1/2].
+  cmean = (mean + 0.5) / b - 0.5
+  cstd = std / b
+  w = int(min(math.ceil(num_std * float(np.max(cstd))) if cstd.size else 1, (m_hi - m_lo) // 2))
+  w = max(w, 1)
+  centers = np.clip(np.round(cmean), m_lo + w, m_hi - w).astype(np.int64)
+  return _Window(b, w, m_lo, m_hi, cmean - centers, cstd, centers)
+
+
+def _bin_extent(m, b, symbol_range):
+  """First fine symbol and number of fine symbols of coarse bins m (clipped to the range)."""
+  lo, hi = symbol_range
+  first = np.maximum(m * b, lo)
+  return first, np.minimum(m * b + b - 1, hi) - first + 1
+
+
+def _pop_window(message, win, symbol_range, select=None):
+  sel = slice(None) if select is None else select
+  s = _decode(message, _model.QuantizedGaussian(-win.w, win.w), win.mean[sel], win.std[sel])
+  m = s + win.centers[sel]
+  first, size = _bin_extent(m, win.b, symbol_range)
+  k = first.copy()
+  multi = size > 1
+  if np.any(multi):
+    k[multi] += _decode(message, _model.Uniform(), size[multi].astype(np.int32))
+  return k
+
+
+def _push_window(message, win, symbols, symbol_range, select=None):
+  sel = slice(None) if select is None else select
+  m = np.floor_divide(symbols, win.b)
+  first, size = _bin_extent(m, win.b, symbol_range)
+  multi = size > 1
+  if np.any(multi):   # pushed after the coarse symbol is popped: pushed first here
+    _encode(message, (symbols - first)[multi].astype(np.int32), _model.Uniform(),
+            size[multi].astype(np.int32))
+  _encode(message, (m - win.centers[sel]).astype(np.int32),
+          _model.QuantizedGaussian(-win.w, win.w), win.mean[sel], win.std[sel])
+
+
+def _window_log2prob(win, symbols, symbol_range):
+  k = np.asarray(symbols, np.int64)
+  m = np.floor_divide(k, win.b)
+  s = m - win.centers
+  _, size = _bin_extent(m, win.b, symbol_range)
+  lp = gaussian_log2prob(s, win.mean, win.std, (-win.w, win.w)) - np.log2(size)
+  return np.where(np.abs(s) <= win.w, lp, -np.inf)
+
+
+def pop_gaussian_windowed(message: Message, mean, std, symbol_range,
+                          num_std: float = DEFAULT_NUM_STD) -> np.ndarray:
+  """Pop symbols [N] (int64) from the windowed two-level Gaussian (mean, std in grid units)."""
+  _check_message(message)
+  return _pop_window(message, gaussian_window(mean, std, symbol_range, num_std),
+                     _check_range(symbol_range))
+
+
+def push_gaussian_windowed(message: Message, symbols, mean, std, symbol_range,
+                           num_std: float = DEFAULT_NUM_STD) -> None:
+  """Push symbols [N] that lie in their windows (e.g. popped by `pop_gaussian_windowed`)."""
+  _check_message(message)
+  win = gaussian_window(mean, std, symbol_range, num_std)
+  rng = _check_range(symbol_range)
+  sym = _symbols(symbols, win.mean.shape[0]).astype(np.int64)
+  if sym.size and (np.max(np.abs(np.floor_divide(sym, win.b) - win.centers)) > win.w
+                   or sym.min() < rng[0] or sym.max() > rng[1]):
+    raise ValueError("symbols must lie in their windows; use push_gaussian_escaped for "
+                     "arbitrary symbols")
+  _push_window(message, win, sym, rng)
+
+
+def windowed_gaussian_log2prob(symbols, mean, std, symbol_range,
+                               num_std: float = DEFAULT_NUM_STD) -> np.ndarray:
+  """log2 P(symbol) [N] under the windowed model (exact float64; -inf outside the window)."""
+  return _window_log2prob(gaussian_window(mean, std, symbol_range, num_std), symbols,
+                          _check_range(symbol_range))
+
+
+def _escapes(win, sym):
+  return np.abs(np.floor_divide(sym, win.b) - win.centers) > win.w
+
+
+def push_gaussian_escaped(message: Message, symbols, mean, std, symbol_range,
+                          num_std: float = DEFAULT_NUM_STD) -> None:
+  """Push arbitrary symbols [N] in symbol_range: those in their window with the windowed model,
+  the others with the fine Gaussian over the whole range, then one escape flag each."""
+  _check_message(message)
+  lo, hi = _check_range(symbol_range)
+  win = gaussian_window(mean, std, symbol_range, num_std)
+  sym = _symbols(symbols, win.mean.shape[0]).astype(np.int64)
+  if sym.size and (sym.min() < lo or sym.max() > hi):
+    raise ValueError(f"symbols must lie in symbol_range [{lo}, {hi}]")
+  out = _escapes(win, sym)
+  inside = ~out
+  if np.any(inside):
+    _push_window(message, win, sym[inside], (lo, hi), inside)
+  if np.any(out):
+    fine_mean = canonical_mean(mean).ravel()[out]
+    _encode(message, sym[out].astype(np.int32), _model.QuantizedGaussian(lo, hi), fine_mean,
+            canonical_std(std).ravel()[out])
+  _encode(message, out.astype(np.int32), _model.Bernoulli(perfect=False),
+          np.full(sym.shape, ESCAPE_PROB))
+
+
+def pop_gaussian_escaped(message: Message, mean, std, symbol_range,
+                         num_std: float = DEFAULT_NUM_STD) -> np.ndarray:
+  """The inverse of `push_gaussian_escaped`: symbols [N] int64."""
+  _check_message(message)
+  lo, hi = _check_range(symbol_range)
+  win = gaussian_window(mean, std, symbol_range, num_std)
+  n = win.mean.shape[0]
+  out = _decode(message, _model.Bernoulli(perfect=False), np.full(n, ESCAPE_PROB)) == 1
+  sym = np.zeros(n, np.int64)
+  if np.any(out):
+    sym[out] = _decode(message, _model.QuantizedGaussian(lo, hi),
+                       canonical_mean(mean).ravel()[out], canonical_std(std).ravel()[out])
+  inside = ~out
+  if np.any(inside):
+    sym[inside] = _pop_window(message, win, (lo, hi), inside)
+  return sym
+
+
+def escaped_gaussian_log2prob(symbols, mean, std, symbol_range,
+                              num_std: float = DEFAULT_NUM_STD) -> np.ndarray:
+  """log2 P(symbol) [N] under `push_gaussian_escaped`'s model (exact float64): the flag plus
+  the windowed model or the fine whole-range Gaussian."""
+  win = gaussian_window(mean, std, symbol_range, num_std)
+  s = np.asarray(symbols, np.int64)
+  out = _escapes(win, s)
+  full = gaussian_log2prob(s, canonical_mean(mean).ravel(), canonical_std(std).ravel(),
+                           symbol_range)
+  with np.errstate(invalid="ignore"):
+    return np.where(out, math.log2(ESCAPE_PROB) + full,
+                    math.log2(1.0 - ESCAPE_PROB) + _window_log2prob(win, s, symbol_range))

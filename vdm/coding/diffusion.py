@@ -67,8 +67,9 @@ from vdm.static_fn import static_fn
 
 MIN_PRECISION_BITS = 2
 MAX_PRECISION_BITS = 16
-# At most this many grid symbols (2N + 1): the leak (2N+1) 2**-24 stays below 1/16.
-MAX_GRID_SYMBOLS = 2**20
+# At most this many grid symbols (2N + 1): an escaped latent is coded with the fine Gaussian
+# over the whole grid, whose leak (2N+1) 2**-24 stays below 1/4.
+MAX_GRID_SYMBOLS = 2**22 + 1
 
 
 class EncodeResult(NamedTuple):
@@ -303,9 +304,9 @@ def _encode_batch(message, chain, v, delta, grid):
   for j in range(chain.num_latents):
     mean_q = ans.canonical_mean(chain.forward_coef[j] * prev).ravel()
     std_q = ans.canonical_std(np.full(mean_q.shape, chain.forward_std[j] / delta))
-    k = ans.pop_gaussian(message, mean_q, std_q, grid)
+    k = ans.pop_gaussian_windowed(message, mean_q, std_q, grid)
     ans.check_not_dry(message, f"latent {j} with q", True)
-    ideal += per_ex(ans.gaussian_log2prob(k, mean_q, std_q, grid))
+    ideal += per_ex(ans.windowed_gaussian_log2prob(k, mean_q, std_q, grid))
     kj = jnp.asarray(k.reshape(v.shape).astype(np.int32))
     if j == 0:
       l2 = ans.canonical_log2_probs(log_probs=_f64(chain.decoder(kj)).reshape(-1, K))
@@ -315,13 +316,13 @@ def _encode_batch(message, chain, v, delta, grid):
       mean_p, std_p = chain.reverse(j, kj)
       mean_p, std_p = ans.canonical_mean(_f64(mean_p)).ravel(), ans.canonical_std(_f64(std_p))
       std_p = std_p.ravel()
-      ans.push_gaussian(message, k_prev, mean_p, std_p, grid)
-      ideal -= per_ex(ans.gaussian_log2prob(k_prev, mean_p, std_p, grid))
+      ans.push_gaussian_escaped(message, k_prev, mean_p, std_p, grid)
+      ideal -= per_ex(ans.escaped_gaussian_log2prob(k_prev, mean_p, std_p, grid))
     k_prev, prev = k, k.reshape(v.shape).astype(np.float64)
   mean_0 = np.zeros(k_prev.shape)
   std_0 = ans.canonical_std(np.full(k_prev.shape, 1.0 / delta))
-  ans.push_gaussian(message, k_prev, mean_0, std_0, grid)
-  ideal -= per_ex(ans.gaussian_log2prob(k_prev, mean_0, std_0, grid))
+  ans.push_gaussian_escaped(message, k_prev, mean_0, std_0, grid)
+  ideal -= per_ex(ans.escaped_gaussian_log2prob(k_prev, mean_0, std_0, grid))
   return ideal
 
 
@@ -330,7 +331,7 @@ def _decode_batch(message, chain, shape, delta, grid):
   K = chain.num_levels
   size = int(np.prod(shape))
   std_0 = ans.canonical_std(np.full(size, 1.0 / delta))
-  k = ans.pop_gaussian(message, np.zeros(size), std_0, grid)
+  k = ans.pop_gaussian_escaped(message, np.zeros(size), std_0, grid)
   ans.check_not_dry(message, "the last latent with the prior", False)
   v = None
   for j in range(chain.num_latents - 1, -1, -1):
@@ -344,12 +345,12 @@ def _decode_batch(message, chain, shape, delta, grid):
     else:
       mean_p, std_p = chain.reverse(j, kj)
       mean_p, std_p = ans.canonical_mean(_f64(mean_p)).ravel(), ans.canonical_std(_f64(std_p))
-      k_prev = ans.pop_gaussian(message, mean_p, std_p.ravel(), grid)
+      k_prev = ans.pop_gaussian_escaped(message, mean_p, std_p.ravel(), grid)
       ans.check_not_dry(message, f"latent {j - 1} with p", False)
       prev = k_prev.reshape(shape).astype(np.float64)
     mean_q = ans.canonical_mean(chain.forward_coef[j] * prev).ravel()
     std_q = ans.canonical_std(np.full(mean_q.shape, chain.forward_std[j] / delta))
-    ans.push_gaussian(message, k, mean_q, std_q, grid)
+    ans.push_gaussian_windowed(message, k, mean_q, std_q, grid)
     k = k_prev
   return v
 
@@ -373,7 +374,7 @@ def _encode(chain, data, message, config, delta, grid, batch_size, checksum, see
   header_bits = 0
   if checksum:
     before = message.num_bits()
-    ans.push_header(message, f"{config}|{batch_size}", n, batch_size,
+    ans.push_header(message, config, n, batch_size,
                     ans.crc32(data.astype(np.int32)))
     header_bits = message.num_bits() - before
   return EncodeResult(ideal, int(measured), np.asarray(batch_bits, np.int64), int(header_bits),
@@ -391,7 +392,7 @@ def _decode(chain, message, num_examples, data_shape, config, delta, grid, batch
   batch_size = n if batch_size is None else checks.positive_int("batch_size", batch_size)
   data_crc = None
   if checksum:
-    data_crc = ans.check_header(message, f"{config}|{batch_size}", n, batch_size)
+    data_crc = ans.check_header(message, config, n, batch_size)
   out = np.zeros((n,) + data_shape, np.int64)
   for lo, hi in reversed(_batches(n, batch_size)):
     out[lo:hi] = _decode_batch(message, chain, (hi - lo,) + data_shape, delta, grid)

@@ -134,8 +134,9 @@ def _batches(n, batch_size):
   return [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
 
 
-def _config(model, posterior, batch_size) -> str:
-  return f"vdm.coding.enumerable|{model!r}|{posterior}|{batch_size}"
+def _config(model, posterior) -> str:
+  """The settings that encoder and decoder must share (batch_size travels in the header)."""
+  return f"vdm.coding.enumerable|{model!r}|{posterior}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -327,7 +328,7 @@ def encode(model, params, q_params, xs, message: Optional[ans.Message] = None,
   header_bits = 0
   if checksum:
     before = message.num_bits()
-    ans.push_header(message, _config(model, posterior, batch_size), n, batch_size,
+    ans.push_header(message, _config(model, posterior), n, batch_size,
                     ans.crc32(xs_u8))
     header_bits = message.num_bits() - before
   return EncodeResult(ideal, int(measured), np.asarray(batch_bits, np.int64), int(header_bits),
@@ -355,7 +356,7 @@ def decode(model, params, q_params, message: ans.Message, num_examples: int,
   dtype = _param_dtype(params)
   data_crc = None
   if checksum:
-    data_crc = ans.check_header(message, _config(model, posterior, batch_size), n, batch_size)
+    data_crc = ans.check_header(message, _config(model, posterior), n, batch_size)
   prior = _prior_table(model, params)
   out = np.zeros((n, model.data_dim), dtype)
   for lo, hi in reversed(_batches(n, batch_size)):
