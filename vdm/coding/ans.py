@@ -28,8 +28,9 @@ rounded onto a fixed grid,
 - categorical log-probabilities (after subtracting the row maximum) to multiples of
   `LOG2_QUANTUM` in log2 units, floored at `MIN_LOG2_PROB` (constriction normalizes the row).
 Each `canonical_*` function is idempotent, so canonical values may be passed again.
-The rounding moves a probability by at most a relative 2**-11 (about 0.03%), which costs less
-than 1e-6 bits per symbol, and removes float noise smaller than the grid (e.g. float32 vs
+The rounding moves each log2-probability by at most 2**-11 bits (a relative 0.03%; its expected
+cost, a KL, is below 1e-7 bits per symbol, and `*_log2prob` include it exactly), and removes
+float noise smaller than the grid (e.g. float32 vs
 float64 arithmetic, a different summation order), except for a value that lies within that
 noise of a rounding boundary. It is a safeguard, not the guarantee: the callers in
 `vdm.coding` also compute every parameter with the same compiled function on bitwise the same
@@ -49,7 +50,7 @@ word.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import constriction
 import numpy as np

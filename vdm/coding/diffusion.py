@@ -33,11 +33,26 @@ QuantizedGaussian in grid units (mean / delta, std / delta), which truncates the
 the pops and pushes of a latent, so the rate approximates the continuous bound when delta is
 small against the smallest std of the chain (sqrt(beta_1) = 0.01 for DDPM's linear schedule is
 41 grid units at the default precision_bits = 12); the cost of the discretization itself is
-O((delta / std)^2) per latent and dimension. The coder's own overhead (24-bit probabilities,
-every one of the 2N + 1 symbols given at least 2**-24, about (2N+1) 2**-24 = 0.4% of the mass
-at the defaults, which largely cancels between the pop and the push of each latent) is
-measured against `ideal_bits`, the exact float64 codelength of the coded trajectory under
-the canonical parameters that the coder was given (tests/test_coding_diffusion.py).
+O((delta / std)^2) per latent and dimension.
+
+constriction's probabilities have 24 bits and every symbol of a model's range gets at least
+2**-24, so a Gaussian over all 2N + 1 = 65537 grid symbols (the defaults) would leak 0.4% of its
+mass over the whole range: bits-back pops would then land on far-off latents that often.
+Latents are therefore coded with `vdm.coding.ans`'s windowed two-level Gaussians (a coarse bin
+with at least 16 bins per std inside +-8 std of the mean, then the offset in the bin, uniform):
+a pop from q always lands within 8 std, and a push under p of a latent outside its window
+sends an escape flag (24 bits) and codes the latent over the whole grid. `ideal_bits` is the
+exact float64 codelength of the coded trajectory under these coded distributions (canonical
+parameters); the coder's own overhead, measured - ideal, was 0.001-0.003 bits/dim at T = 20,
+D = 8 (tests/test_coding_diffusion.py asserts < 0.02). Escapes are where constriction's 2**-24
+floor makes the coder cheaper than `ideal_bits` (a latent 10 std away costs about 48 bits, not
+its exact 70): they happen when the model's p is narrower than the spread of the latents it
+must code (e.g. fixed_small with a posterior over x_0 that is still multimodal).
+
+Seed ("clean") bits: the first batch's first pops draw from the message's initial contents.
+With message=None a fresh `Message.seeded` is sized by `seed_bits_needed` (the largest running
+deficit of one batch along the chain, plus 25%); the seed is recovered exactly by decoding and
+is reported as `seed_bits`, apart from the net `measured_bits`.
 
 Lockstep batches: a batch of B examples is coded together, each network evaluation serving the
 whole batch ([B, ...], jitted with params traced): L network calls (T for either model) per
