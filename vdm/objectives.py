@@ -141,7 +141,7 @@ class DDPMObjective:
 
   def model_fn(self, params, x_t, t):
     """Deterministic evaluation (dropout off): model_fn(params, x_t, t) of DESIGN.md."""
-    return self.net.apply({"params": params}, x_t, t, train=False)
+    return _apply_deterministic(self.net, params, x_t, t)
 
   def init_sampler(self):
     if self.timestep_sampler == "importance":
@@ -356,7 +356,7 @@ class VDMObjective:
 
   def denoise_fn(self, params, z_t, g_t):
     """Deterministic eps-prediction (dropout off)."""
-    return self.net.apply({"params": params}, z_t, g_t, train=False)
+    return _apply_deterministic(self.net, params, z_t, g_t)
 
   def init_sampler(self):
     return ()

@@ -174,8 +174,9 @@ class MLP(nn.Module):
 def _factorized_bernoulli_log_q(logits, h):
   """log prod_j Bernoulli(h_j; sigmoid(logits_j)) = h.logits - sum_j softplus(logits_j).
 
-  logits [H], h int [H] -> scalar. Written as a dot product plus a term free of h, so that
-  under the (state, example) vmaps the coupling is one matmul and softplus runs once per x.
+  logits [H], h int [H] -> scalar (or h [S, H] -> [S]). Written as a dot product plus a term
+  free of h, so that under the (state, example) vmaps the coupling is one matmul and softplus
+  runs once per x.
   """
   return jnp.dot(h.astype(logits.dtype), logits) - sum_softplus(logits)
 
@@ -535,9 +536,8 @@ class SigmoidBeliefNet(_Base):
             + jnp.dot(hf, W @ x))
 
   def log_prior_states(self, params):
-    """[2**H] log p(h) = h.a - sum softplus(a) for every state h."""
-    a = params["prior_logits"]
-    return self.all_states().astype(a.dtype) @ a - sum_softplus(a)
+    """[2**H] log p(h) = h.a - sum softplus(a) for every state h (factorized Bernoulli)."""
+    return _factorized_bernoulli_log_q(params["prior_logits"], self.all_states())
 
   def prior_bit_logits(self, params):
     return params["prior_logits"]
@@ -730,9 +730,8 @@ class BinaryLatentVAE(_Base):
     return log_prior + jnp.sum(normal_log_prob(x, mean, log_scale))
 
   def log_prior_states(self, params):
-    """[2**H] log p(h) = sum_j log Bern(h_j; sigmoid(prior_logits_j)) for every state h."""
-    a = params["prior_logits"]
-    return self.all_states().astype(a.dtype) @ a - sum_softplus(a)
+    """[2**H] log p(h) = h.a - sum softplus(a) for every state h (factorized Bernoulli)."""
+    return _factorized_bernoulli_log_q(params["prior_logits"], self.all_states())
 
   def prior_bit_logits(self, params):
     return params["prior_logits"]
