@@ -116,4 +116,15 @@ def get_base_config() -> ml_collections.ConfigDict:
   l.ode_divergence = "hutchinson"  # hutchinson | exact (a Jacobian: small D only)
   l.ode_probe = "rademacher"  # rademacher | gaussian (Hutchinson probes)
   l.ode_num_probes = 1
+
+  # Bits-back compression of the held-out split (--mode=compress, --mode=decompress;
+  # vdm.coding): never changes training, so every field may change on resume. The compressed
+  # file records the settings it was written with; decompress reads them from the file.
+  config.coding = c = ml_collections.ConfigDict()
+  c.num_examples = 0          # held-out examples compressed (the first ones); 0 = all
+  c.batch_size = 64           # examples coded in lockstep: one network call serves the batch
+  c.precision_bits = 12       # latent grid step 2**-precision_bits (overhead ~ (step/std)**2)
+  c.latent_range = 8.0        # latents coded on [-latent_range, latent_range]
+  c.seed = 0                  # generator of the seed ("clean") bits the first pops draw from
+  c.verify = True             # compress also decodes its file and compares with the data
   return config

@@ -3,7 +3,10 @@
 Modes: train (resumes from DIR/checkpoints), eval (bound decomposition of the newest
 checkpoint: eval.num_examples test examples), bpd (the same over the whole test split), sample
 (a PNG grid of samples), iwbound (importance-weighted bounds for each K of
-likelihood.iw_num_samples beside the bound), ode_nll (the probability-flow ODE likelihood).
+likelihood.iw_num_samples beside the bound), ode_nll (the probability-flow ODE likelihood),
+compress (the held-out split as a bits-back file DIR/compressed/test_<step>.vdmbb, its rate
+beside the bound; config group `coding`), decompress (the data back from that file, or from
+--compressed_file, and the checkpoint it names).
 Config fields are overridable: --config.training.num_steps=100.
 
 Console: our progress (step, loss, steps/s, ETA) and the bound; the libraries' INFO lines
@@ -24,7 +27,7 @@ import traceback
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-MODES = ("train", "eval", "sample", "bpd", "iwbound", "ode_nll")
+MODES = ("train", "eval", "sample", "bpd", "iwbound", "ode_nll", "compress", "decompress")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -34,6 +37,9 @@ _ALLOW_CHANGE = flags.DEFINE_bool(
     "allow_config_change", False,
     "Resume or evaluate even if the config differs from DIR/config.json in fields that change "
     "what is trained (the stored config is kept).")
+_COMPRESSED_FILE = flags.DEFINE_string(
+    "compressed_file", None, "--mode=decompress: the file to decode (default: the newest "
+    "DIR/compressed/test_<step>.vdmbb).")
 _DISTRIBUTED = flags.DEFINE_bool("jax_distributed", False,
                                  "Call jax.distributed.initialize (multi-host).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0.")
@@ -118,6 +124,19 @@ def main(argv):
       if is_main:
         print(reporting.likelihood_table(result.record))
         print(f"Record: {result.path}")
+      return
+    elif mode == "compress":
+      result = train.compress(config, workdir, **kwargs)
+      if is_main:
+        print(reporting.compression_table(result.record))
+        print(f"File: {result.path}\nRecord: {result.record_path}")
+      return
+    elif mode == "decompress":
+      result = train.decompress(config, workdir, _COMPRESSED_FILE.value, **kwargs)
+      r = result.record
+      print(f"{r['num_examples']} examples decoded from {r['file']} ({r['file_bytes']} bytes) "
+            f"in {r['decode_seconds']:.1f} s: {result.path}\nEqual to the held-out split: "
+            f"{r['equal_to_held_out_split']}\nRecord: {result.record_path}")
       return
     else:
       result = train.sample(config, workdir, **kwargs)

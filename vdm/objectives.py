@@ -12,7 +12,11 @@ device's share of a batch:
   does not depend on how the batch is split over devices and hosts;
 - `bound(params, x, key)` -> dict of per-example bound terms in bits/dim;
 - `sample(params, key, n)` -> n samples on the data scale ([-1, 1] for images);
-- `update_sampler(sampler_state, aux_all)` for importance-sampled timesteps.
+- `update_sampler(sampler_state, aux_all)` for importance-sampled timesteps;
+- bits-back coding (`vdm.coding`) of integer data: `check_codable()`, `chain_bound(params, x,
+  key)` (the bound of the chain the coder runs, bits/dim [B]), `encode_bits(params, levels,
+  message, options)` and `decode_bits(params, message, num_examples, options)` with options
+  = `coding_options(config.coding)`.
 
 """
 from __future__ import annotations
@@ -208,6 +212,29 @@ class DDPMObjective:
     """Probability-flow ODE bits/dim [B] (`ode_nll_bpd`); see `_ode_nll`."""
     return _ode_nll(self, params, x, key, options, interpolation)
 
+  def check_codable(self) -> None:
+    _check_codable(self.num_levels, self.dequantize)
+
+  def chain_bound(self, params, x, key):
+    """calc_bpd's total_bpd [B]: the coded chain is the model's own T-step chain."""
+    return self.bound(params, x, key)["total_bpd"]
+
+  def encode_bits(self, params, levels, message, options: dict):
+    """Bits-back encode levels [N, *data_shape] (integers 0..K-1) onto `message` through the
+    T-step chain (`vdm.coding.diffusion.encode`); returns its EncodeResult."""
+    from vdm.coding import diffusion as coding
+    self.check_codable()
+    return coding.encode(self.diffusion, self.model_fn, params, levels, message,
+                         clip_denoised=self.clip_bound, **options)
+
+  def decode_bits(self, params, message, num_examples: int, options: dict):
+    """The inverse of `encode_bits`: int64 levels [num_examples, *data_shape]."""
+    from vdm.coding import diffusion as coding
+    self.check_codable()
+    options = {k: v for k, v in options.items() if k != "seed"}
+    return coding.decode(self.diffusion, self.model_fn, params, message, num_examples,
+                         self.data_shape, clip_denoised=self.clip_bound, **options)
+
   def sample(self, params, key, n: int):
     return self.diffusion.p_sample_loop(self.model_fn, params, (n,) + tuple(self.data_shape), key,
                                         clip_denoised=self.clip_denoised)
@@ -254,6 +281,25 @@ def _ode_nll(objective, params, x, key, options: dict, interpolation: str = "aut
                            objective.ode_process(params, interpolation), **options)
   bpd = -out["log_likelihood"] / (_num_dims(x.shape[1:]) * math.log(2.0)) + offset
   return {"ode_nll_bpd": bpd, "nfe": jnp.broadcast_to(out["nfe"], bpd.shape).astype(bpd.dtype)}
+
+
+def _check_codable(num_levels, dequantize) -> None:
+  """Bits-back coding needs integer data and the discretized decoder over its K levels."""
+  if num_levels is None:
+    raise ValueError("bits-back coding (--mode=compress) needs integer data (data.num_levels "
+                     "K of an image dataset); this run's data are continuous vectors, which no "
+                     "finite code represents losslessly")
+  if dequantize:
+    raise ValueError("bits-back coding (--mode=compress) needs the discretized decoder over "
+                     "the K levels; this run was trained with data.dequantize=True (a "
+                     "continuous density): train with data.dequantize=False")
+
+
+def coding_options(coding_config) -> dict:
+  """The keyword options of `vdm.coding.diffusion.encode` from the config's coding group."""
+  c = coding_config
+  return dict(precision_bits=int(c.precision_bits), R=float(c.latent_range),
+              batch_size=int(c.batch_size), seed=int(c.seed))
 
 
 def _iw_bpd(out: dict, offset_bpd: float) -> dict:
@@ -417,6 +463,37 @@ class VDMObjective:
   def ode_nll(self, params, x, key, options: dict, interpolation: str = "auto"):
     """Probability-flow ODE bits/dim [B] (`ode_nll_bpd`); see `_ode_nll`."""
     return _ode_nll(self, params, x, key, options, interpolation)
+
+  def check_codable(self) -> None:
+    _check_codable(self.num_levels, self.dequantize)
+
+  def chain_bound(self, params, x, key):
+    """The discrete-time VDM bound with `iw_num_timesteps` steps, bits/dim [B]: the chain the
+    coder runs (for a continuous-time model a valid, looser bound; Kingma et al. eq. 10-11)."""
+    from vdm.diffusion.vdm import vdm_losses
+    nats = vdm_losses(self.denoise_fn, params["denoiser"], self.gamma_fn, params["gamma"], x,
+                      key, self.decoder_levels, T=self.iw_num_timesteps,
+                      antithetic=self.antithetic)
+    return self._to_bpd(nats)["loss"]
+
+  def _coder_args(self, params):
+    return (self.denoise_fn, params["denoiser"], self.gamma_fn, params["gamma"],
+            self.iw_num_timesteps, self.num_levels)
+
+  def encode_bits(self, params, levels, message, options: dict):
+    """Bits-back encode levels [N, *data_shape] through the `iw_num_timesteps`-step chain
+    (`vdm.coding.diffusion.encode_vdm`); returns its EncodeResult."""
+    from vdm.coding import diffusion as coding
+    self.check_codable()
+    return coding.encode_vdm(*self._coder_args(params), levels, message, **options)
+
+  def decode_bits(self, params, message, num_examples: int, options: dict):
+    """The inverse of `encode_bits`: int64 levels [num_examples, *data_shape]."""
+    from vdm.coding import diffusion as coding
+    self.check_codable()
+    options = {k: v for k, v in options.items() if k != "seed"}
+    return coding.decode_vdm(*self._coder_args(params), message, num_examples, self.data_shape,
+                             **options)
 
   def bound(self, params, x, key):
     """Per-example bound terms in bits/dim (one Monte Carlo draw of t and the noise)."""

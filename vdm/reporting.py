@@ -122,6 +122,36 @@ def likelihood_table(record: dict) -> str:
   return "\n".join(lines)
 
 
+def compression_table(record: dict) -> str:
+  """A Markdown table of a --mode=compress record (bits/dim; +- one standard error)."""
+  r = record
+  n, d = r["num_examples"], r["dims"]
+  rows = [
+      ("bound of the coded chain", f"{r['bound_bpd']:.4f} +- {r['bound_bpd_se']:.4f}",
+       r["bound"]),
+      ("rate, measured from the file", f"{r['rate_bpd']:.4f}",
+       "file bits less the one-off bits below, per dim"),
+      ("overhead over the bound",
+       f"{r['overhead_bpd']:+.4f} +- {r['overhead_bpd_se']:.4f} ({r['overhead_percent']:+.2f}%)",
+       "rate - bound; SE of the paired difference"),
+      ("coder overhead", f"{r['coder_overhead_bpd']:+.4f}",
+       "rate - ideal codelength of the coded trajectories"),
+      ("one-off bits", f"{r['one_off_bpd']:.4f}",
+       f"seed {r['seed_bits']} + container {r['framing_bits']} + checksum "
+       f"{r['checksum_bits']} bits"),
+      ("whole file", f"{r['file_bpd']:.4f}", f"{r['file_bytes']} bytes"),
+  ]
+  lines = [f"compress at step {r['step']}: {n} held-out examples of {d} dims (bits/dim)",
+           "| quantity | bits/dim | what |", "|---|---|---|"]
+  lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+  dec = r.get("decode_seconds")
+  lines.append(f"encode {r['encode_seconds']:.1f} s ({r['encode_images_per_s']:.1f} images/s), "
+               f"{r['encode_over_bound_time']:.2f}x the bound's {r['bound_seconds']:.1f} s"
+               + (f"; decode {dec:.1f} s" if dec is not None else "")
+               + f"; round trip {r['round_trip']}")
+  return "\n".join(lines)
+
+
 def format_summary(summary: dict) -> str:
   return ", ".join(f"{k} {v:.4f}" for k, v in summary.items())
 

@@ -99,6 +99,12 @@ class EncodeResult(NamedTuple):
   header_bits: bits of the checksum header (0 without checksum).
   seed_bits: the message's size before encoding.
   message: the message (the one passed in, modified in place).
+  seed_words: with message=None, the words of the fresh `Message.seeded(seed_words, seed)`
+    (what a full decode leaves); 0 when a message was passed in.
+  untouched_words: the bottom words of the message that no pop reached (less a margin of two
+    words): decoding never reads them either, so `Message.from_words(words()[u:])` decodes
+    the same examples and ends with the initial words less those u (the unused part of a
+    generous seed need not be stored).
   """
   ideal_bits: np.ndarray
   measured_bits: int
@@ -106,6 +112,8 @@ class EncodeResult(NamedTuple):
   header_bits: int
   seed_bits: int
   message: ans.Message
+  seed_words: int = 0
+  untouched_words: int = 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -126,9 +134,10 @@ class _Chain:
 
 class _DDPMChain(_Chain):
 
-  def __init__(self, diffusion, model_fn, params, delta, dtype):
+  def __init__(self, diffusion, model_fn, params, delta, dtype, clip_denoised=False):
     self.d, self.fn, self.params, self.delta, self.dtype = (diffusion, static_fn(model_fn),
                                                             params, delta, dtype)
+    self.clip = bool(clip_denoised)
     self.num_latents = diffusion.num_timesteps
     self.num_levels = diffusion.num_levels
     self.forward_coef = np.sqrt(1.0 - diffusion.betas)
@@ -137,10 +146,11 @@ class _DDPMChain(_Chain):
     self.proxy_std = np.sqrt(np.maximum(diffusion.posterior_variance, 1e-300))
 
   def decoder(self, k0):
-    return _ddpm_decoder(self.d, self.fn, self.params, k0, self.delta, self.dtype)
+    return _ddpm_decoder(self.d, self.fn, self.params, k0, self.delta, self.dtype, self.clip)
 
   def reverse(self, j, kj):
-    return _ddpm_reverse(self.d, self.fn, self.params, kj, jnp.int32(j), self.delta, self.dtype)
+    return _ddpm_reverse(self.d, self.fn, self.params, kj, jnp.int32(j), self.delta, self.dtype,
+                         self.clip)
 
 
 def _grid_to_x(k, delta, dtype):
@@ -152,12 +162,12 @@ def _level_values(num_levels, dtype):
   return (2.0 * jnp.arange(num_levels, dtype=dtype) - k1) / k1
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 4, 5))
-def _ddpm_decoder(diffusion, model_fn, params, k0, delta, dtype):
+@functools.partial(jax.jit, static_argnums=(0, 1, 4, 5, 6))
+def _ddpm_decoder(diffusion, model_fn, params, k0, delta, dtype, clip):
   """log p(x = level | y_0) for every level: [B, ..., K] nats (Ho et al. eq. 13)."""
   x1 = _grid_to_x(k0, delta, dtype)
   t = jnp.zeros((k0.shape[0],), jnp.int32)
-  out = diffusion.p_mean_variance(model_fn(params, x1, t), x1, t)
+  out = diffusion.p_mean_variance(model_fn(params, x1, t), x1, t, clip)
   K = diffusion.num_levels
   shape = x1.shape + (K,)
   levels = jnp.broadcast_to(_level_values(K, dtype), shape)
@@ -166,12 +176,13 @@ def _ddpm_decoder(diffusion, model_fn, params, k0, delta, dtype):
   return diffusion.decoder_log_likelihood(levels, mean, logvar)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 5, 6))
-def _ddpm_reverse(diffusion, model_fn, params, kj, j, delta, dtype):
-  """p(y_{j-1} | y_j) at code timestep j: (mean, std) in grid units, [B, ...] each."""
+@functools.partial(jax.jit, static_argnums=(0, 1, 5, 6, 7))
+def _ddpm_reverse(diffusion, model_fn, params, kj, j, delta, dtype, clip):
+  """p(y_{j-1} | y_j) at code timestep j: (mean, std) in grid units, [B, ...] each; clip: the
+  mean from pred_x0 clipped to [-1, 1] (calc_bpd's clip_denoised)."""
   xj = _grid_to_x(kj, delta, dtype)
   t = jnp.full((kj.shape[0],), j, jnp.int32)
-  out = diffusion.p_mean_variance(model_fn(params, xj, t), xj, t)
+  out = diffusion.p_mean_variance(model_fn(params, xj, t), xj, t, clip)
   std = jnp.broadcast_to(jnp.exp(0.5 * out["log_variance"]), xj.shape)
   return out["mean"] / delta, std / delta
 
@@ -308,8 +319,9 @@ def _f64(a):
   return np.asarray(a, dtype=np.float64)
 
 
-def _encode_batch(message, chain, v, delta, grid):
-  """ENCODE of the module docstring for one batch of levels v [B, ...]; returns ideal [B]."""
+def _encode_batch(message, chain, v, delta, grid, low_water):
+  """ENCODE of the module docstring for one batch of levels v [B, ...]; returns ideal [B].
+  low_water: a one-element list, lowered to the fewest message words after any pop."""
   B = v.shape[0]
   K = chain.num_levels
   ideal = np.zeros(B)
@@ -321,6 +333,7 @@ def _encode_batch(message, chain, v, delta, grid):
     std_q = ans.canonical_std(np.full(mean_q.shape, chain.forward_std[j] / delta))
     k = ans.pop_gaussian_windowed(message, mean_q, std_q, grid)
     ans.check_not_dry(message, f"latent {j} with q", True)
+    low_water[0] = min(low_water[0], message.num_words())
     ideal += per_ex(ans.windowed_gaussian_log2prob(k, mean_q, std_q, grid))
     kj = jnp.asarray(k.reshape(v.shape).astype(np.int32))
     if j == 0:
@@ -374,16 +387,19 @@ def _encode(chain, data, message, config, delta, grid, batch_size, checksum, see
   n = data.shape[0]
   dims = int(np.prod(data.shape[1:]))
   batch_size = n if batch_size is None else checks.positive_int("batch_size", batch_size)
+  seed_words = 0
   if message is None:
     need = seed_bits_needed(chain, delta, min(batch_size, n), dims)
-    message = ans.Message.seeded(max(2, -(-need // 32) + 2), seed)
+    seed_words = max(2, -(-need // 32) + 2)
+    message = ans.Message.seeded(seed_words, seed)
   ans._check_message(message)
   seed_bits = message.num_bits()
   ideal = np.zeros(n)
   batch_bits = []
+  low_water = [message.num_words()]
   for lo, hi in _batches(n, batch_size):
     before = message.num_bits()
-    ideal[lo:hi] = _encode_batch(message, chain, data[lo:hi], delta, grid)
+    ideal[lo:hi] = _encode_batch(message, chain, data[lo:hi], delta, grid, low_water)
     batch_bits.append(message.num_bits() - before)
   measured = message.num_bits() - seed_bits
   header_bits = 0
@@ -393,7 +409,7 @@ def _encode(chain, data, message, config, delta, grid, batch_size, checksum, see
                     ans.crc32(data.astype(np.int32)))
     header_bits = message.num_bits() - before
   return EncodeResult(ideal, int(measured), np.asarray(batch_bits, np.int64), int(header_bits),
-                      int(seed_bits), message)
+                      int(seed_bits), message, int(seed_words), max(0, low_water[0] - 2))
 
 
 def _decode(chain, message, num_examples, data_shape, config, delta, grid, batch_size,
@@ -410,22 +426,31 @@ def _decode(chain, message, num_examples, data_shape, config, delta, grid, batch
     data_crc = ans.check_header(message, config, n, batch_size)
   out = np.zeros((n,) + data_shape, np.int64)
   for lo, hi in reversed(_batches(n, batch_size)):
-    out[lo:hi] = _decode_batch(message, chain, (hi - lo,) + data_shape, delta, grid)
+    try:
+      out[lo:hi] = _decode_batch(message, chain, (hi - lo,) + data_shape, delta, grid)
+    except ans.MessageError:
+      raise
+    except (ValueError, KeyError) as e:   # e.g. a decoded latent outside q's window
+      raise ans.MessageError(f"message: decoding examples {lo}..{hi - 1} failed ({e}): the "
+                             f"message is corrupted, or the model or settings differ from the "
+                             f"encoder's") from None
   if checksum:
     ans.check_data_crc(data_crc, out.astype(np.int32))
   return out
 
 
-def _ddpm_setup(diffusion, model_fn, params, precision_bits, R, dtype, checksum, data_shape):
+def _ddpm_setup(diffusion, model_fn, params, precision_bits, R, dtype, checksum, data_shape,
+                clip_denoised):
   _check_diffusion(diffusion)
   if not callable(model_fn):
     raise ValueError(f"model_fn must be callable, got {type(model_fn).__name__}")
   precision_bits, R, delta, grid = _check_grid(precision_bits, R)
   dtype = _check_dtype(dtype)
   checks.boolean("checksum", checksum)
-  chain = _DDPMChain(diffusion, model_fn, params, delta, dtype)
+  clip = checks.boolean("clip_denoised", clip_denoised)
+  chain = _DDPMChain(diffusion, model_fn, params, delta, dtype, clip)
   config = (f"vdm.coding.diffusion.ddpm|{diffusion!r}|{diffusion.betas.tobytes().hex()[:64]}|"
-            f"{precision_bits}|{R!r}|{dtype}|{tuple(data_shape)}")
+            f"{precision_bits}|{R!r}|{dtype}|{tuple(data_shape)}" + ("|clip" if clip else ""))
   return chain, delta, grid, config
 
 
@@ -453,7 +478,7 @@ def _vdm_setup(denoise_fn, params, gamma_fn, gamma_params, T, num_levels, precis
 def encode(diffusion: GaussianDiffusion, model_fn: Callable, params, data,
            message: Optional[ans.Message] = None, *, precision_bits: int = 12, R: float = 8.0,
            batch_size: Optional[int] = None, checksum: bool = True, seed: int = 0,
-           dtype=None) -> EncodeResult:
+           dtype=None, clip_denoised: bool = False) -> EncodeResult:
   """Bits-back encode integer data through a DDPM's latent chain (module docstring).
 
   Args:
@@ -468,9 +493,10 @@ def encode(diffusion: GaussianDiffusion, model_fn: Callable, params, data,
     batch_size: examples coded in lockstep (default all N); decode needs the same.
     checksum: push a 160-bit header that `decode` checks.
     dtype: the network's input dtype (default: jax's default float).
+    clip_denoised: p's mean from pred_x0 clipped to [-1, 1], as calc_bpd(clip_denoised=True).
   Returns:
     EncodeResult; `ideal_bits / D` is one draw of the bound in bits/dim (compare calc_bpd's
-    total_bpd).
+    total_bpd with the same clip_denoised).
   Raises:
     ValueError naming the argument (before any coding) for bad data, precision_bits, R, ...;
     `ans.MessageError` if the message's seed is too short.
@@ -478,19 +504,20 @@ def encode(diffusion: GaussianDiffusion, model_fn: Callable, params, data,
   checks.integer("precision_bits", precision_bits, MIN_PRECISION_BITS, MAX_PRECISION_BITS)
   data = _check_levels(data, _check_diffusion(diffusion).num_levels)
   chain, delta, grid, config = _ddpm_setup(diffusion, model_fn, params, precision_bits, R, dtype,
-                                           checksum, data.shape[1:])
+                                           checksum, data.shape[1:], clip_denoised)
   return _encode(chain, data, message, config, delta, grid, batch_size, checksum, seed)
 
 
 def decode(diffusion: GaussianDiffusion, model_fn: Callable, params, message: ans.Message,
            num_examples: int, data_shape, *, precision_bits: int = 12, R: float = 8.0,
-           batch_size: Optional[int] = None, checksum: bool = True, dtype=None) -> np.ndarray:
+           batch_size: Optional[int] = None, checksum: bool = True, dtype=None,
+           clip_denoised: bool = False) -> np.ndarray:
   """Decode num_examples examples of shape data_shape from `message` (the arguments of
   `encode`). Returns int64 levels [num_examples, *data_shape] in the original order; the message
   is left as it was before encoding. Raises `ans.MessageError` (a ValueError) for a truncated or
   corrupted message or other settings, ValueError for bad arguments."""
   chain, delta, grid, config = _ddpm_setup(diffusion, model_fn, params, precision_bits, R, dtype,
-                                           checksum, tuple(data_shape))
+                                           checksum, tuple(data_shape), clip_denoised)
   return _decode(chain, message, num_examples, data_shape, config, delta, grid, batch_size,
                  checksum)
 

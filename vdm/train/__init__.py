@@ -8,16 +8,21 @@ Public entry points:
 - `evaluate(config, workdir, full=False)` -> the bound (bits/dim); `sample(config, workdir)`.
 - `iwbound(config, workdir)`, `ode_nll(config, workdir)` -> LikelihoodResult: importance-weighted
   bounds for several K, and the probability-flow ODE likelihood, of the held-out examples.
+- `compress(config, workdir)`, `decompress(config, workdir, path=None)`: the held-out split
+  as a bits-back file (vdm.coding) and back, with the rate beside the bound.
 - `setup(config, dataset)` -> a checked `Run`; `bound_on(run, params, examples, key)` -> the
   bound of any parameters on any examples; `draw_samples(run, params_rep, key, n)`.
 
 The package by job: state (train state and optimizer), steps (the pmapped programs), devices
 (layout, compilation, replication), checkpoints (finite, verified, with fallback), rundir
 (stored config, lock, writability), config_checks (every field up front), evaluation (the
-bound and samples of any mode), loop (training), modes (the read-only modes).
+bound and samples of any mode), loop (training), modes (the read-only modes), compression
+(--mode=compress and --mode=decompress).
 """
 from vdm.train.checkpoints import (CheckpointMismatchError, NonFiniteStateError,
                                    checkpoint_manager, restore_checkpoint, save_checkpoint)
+from vdm.train.compression import (CompressResult, DecompressResult, compress, decompress,
+                                   newest_compressed)
 from vdm.train.config_checks import validate_config
 from vdm.train.devices import (AXIS, compiler_options, device_layout, pmap, replicate,
                                unreplicate)

@@ -161,14 +161,24 @@ def _quarantine(manager, step: int, workdir: str) -> str:
 
 
 def restore_checkpoint(manager: ocp.CheckpointManager, template: TrainState,
-                       workdir: str | None = None):
+                       workdir: str | None = None, step: int | None = None):
   """The newest checkpoint that restores and verifies, in template's structure, or None.
 
   Damaged checkpoints are skipped with a warning naming each; with `workdir` (a writable run
   directory) they are also moved to DIR/checkpoints_damaged/ so that the run can save that step
-  again.
+  again. With `step`, only that step's checkpoint: FileNotFoundError if it is absent or does not
+  verify (no other step is taken in its place).
   """
   abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+  if step is not None:
+    where = os.path.join(str(manager.directory), str(step))
+    if step not in manager.all_steps():
+      raise FileNotFoundError(f"no checkpoint of step {step} in {manager.directory} (steps "
+                              f"there: {sorted(manager.all_steps()) or 'none'})")
+    state, reason = _restore_one(manager, step, abstract)
+    if state is None:
+      raise FileNotFoundError(f"checkpoint {where} does not restore: {reason}")
+    return state
   for step in sorted(manager.all_steps(), reverse=True):
     state, reason = _restore_one(manager, step, abstract)
     if state is not None:

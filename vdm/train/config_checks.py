@@ -130,6 +130,7 @@ def validate_config(config) -> None:
   checks.nonnegative_int("eval.num_samples", e.num_samples)
   checks.boolean("eval.at_start", e.at_start)
   check_likelihood_fields(config.likelihood)
+  check_coding_fields(config.coding)
 
 
 def check_likelihood_fields(l) -> None:
@@ -151,3 +152,15 @@ def check_likelihood_fields(l) -> None:
   checks.choice("likelihood.ode_probe", l.ode_probe, ode.PROBES)
   checks.positive_int("likelihood.ode_num_probes", l.ode_num_probes)
   checks.choice("likelihood.ode_interpolation", l.ode_interpolation, ode.DDPM_INTERPOLATIONS)
+
+
+def check_coding_fields(c) -> None:
+  """The `coding` group (--mode=compress, --mode=decompress), each field named on error."""
+  from vdm.coding import diffusion as coding
+  checks.nonnegative_int("coding.num_examples", c.num_examples)
+  checks.positive_int("coding.batch_size", c.batch_size)
+  checks.integer("coding.precision_bits", c.precision_bits, coding.MIN_PRECISION_BITS,
+                 coding.MAX_PRECISION_BITS)
+  checks.number("coding.latent_range", c.latent_range, 0.0, low_open=True)
+  checks.nonnegative_int("coding.seed", c.seed)
+  checks.boolean("coding.verify", c.verify)

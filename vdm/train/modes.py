@@ -53,8 +53,10 @@ class SampleResult(NamedTuple):
 
 
 def restore_run(config: ml_collections.ConfigDict, workdir: str, dataset=None, denoiser=None,
-                objective=None, allow_config_change: bool = False) -> RestoredRun:
-  """The run's setup and its newest good checkpoint (read-only: nothing in DIR changes)."""
+                objective=None, allow_config_change: bool = False,
+                step: Optional[int] = None) -> RestoredRun:
+  """The run's setup and its newest good checkpoint, or that of `step` (read-only: nothing in
+  DIR changes)."""
   run = setup(config, dataset, denoiser, objective)
   if not os.path.isdir(ckpt.checkpoint_dir(workdir)):
     raise FileNotFoundError(f"no checkpoints in {ckpt.checkpoint_dir(workdir)}: train first "
@@ -63,7 +65,7 @@ def restore_run(config: ml_collections.ConfigDict, workdir: str, dataset=None, d
   optimizer = create_optimizer(config.optimizer, config.training.num_steps)
   template = jax.eval_shape(lambda: init_state(run.objective, optimizer, config.seed))
   manager = ckpt.checkpoint_manager(workdir, config, read_only=True)
-  state = ckpt.restore_checkpoint(manager, template)
+  state = ckpt.restore_checkpoint(manager, template, step=step)
   if state is None:
     raise FileNotFoundError(f"no checkpoint in {ckpt.checkpoint_dir(workdir)} restores: train "
                             f"first (--mode=train)")

@@ -33,7 +33,7 @@ RESUMABLE_FIELDS = (
     "data.data_dir", "data.tfds_data_dir",
 )
 # Config groups that never change training (every field in them may change on resume).
-RESUMABLE_GROUPS = ("likelihood",)
+RESUMABLE_GROUPS = ("likelihood", "coding")
 # Fields that only change how a trained model is evaluated: the read-only modes (eval, bpd,
 # sample, restore) accept them changed; a resumed training run does not (its evals would mix).
 EVAL_ONLY_FIELDS = ("diffusion.clip_bound",)
