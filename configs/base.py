@@ -127,4 +127,5 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.latent_range = 8.0        # latents coded on [-latent_range, latent_range]
   c.seed = 0                  # generator of the seed ("clean") bits the first pops draw from
   c.verify = True             # compress also decodes its file and compares with the data
+  c.bound_draws = 1           # draws of the bound averaged per example (the comparison's noise)
   return config

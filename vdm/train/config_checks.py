@@ -164,3 +164,4 @@ def check_coding_fields(c) -> None:
   checks.number("coding.latent_range", c.latent_range, 0.0, low_open=True)
   checks.nonnegative_int("coding.seed", c.seed)
   checks.boolean("coding.verify", c.verify)
+  checks.positive_int("coding.bound_draws", c.bound_draws)
