@@ -102,8 +102,9 @@ def main(argv):
     rows = [[r["impl"], f"{r['median_s']:.3f}", f"{r['images_per_s']:.1f}", f"{r['ratio']:.2f}x",
              ", ".join(f"{t:.3f}" for t in r["times_s"])] for r in records]
     body = (f"One lockstep batch of {batch} held-out digits, the digits DDPM of "
-            f"configs/compression_digits.py (T = {objective.num_timesteps}, step of "
-            f"{FLAGS.workdir}); {reps} alternated repetitions after a warm-up call each. "
+            f"configs/compression_digits.py (T = {objective.num_timesteps}, the EMA "
+            f"parameters of {os.path.relpath(FLAGS.workdir, common.REPO)}); {reps} alternated "
+            f"repetitions after a warm-up call each, in seconds per batch. "
             f"Rate of the encoded batch {rate:.4f} bits/dim, its bound "
             f"{records[0]['bound_bpd']:.4f}. Goal: encode at most 1.5x calc_bpd.\n\n"
             + common.markdown_table(["impl", "median s", "images/s", "vs calc_bpd",

@@ -132,6 +132,32 @@ def write_result(name: str, title: str, body: str, seconds: float | None = None,
   return path
 
 
+def compute_or_render(name: str, title: str, results_dir: str, render_only: bool, compute,
+                      render) -> str:
+  """The main of an experiment: results = compute() (a JSON-able dict, timed, with the command
+  and machine added) saved atomically to <results_dir>/<name>.json, or read back from it when
+  render_only; then <results_dir>/<name>.md from render(results) (a Markdown body). Returns
+  the Markdown's path; prints the body."""
+  os.makedirs(results_dir, exist_ok=True)
+  json_path = os.path.join(results_dir, f"{name}.json")
+  if render_only:
+    with open(json_path) as f:
+      results = json.load(f)
+  else:
+    timer = Timer()
+    results = compute()
+    results.update(seconds=timer.seconds, command=command_line(), machine=machine_line())
+    tmp = json_path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(results, f, indent=1)
+    os.replace(tmp, json_path)
+  body = render(results)
+  path = write_result(name, title, body, results.get("seconds"), results_dir)
+  print(body)
+  print(f"wrote {path}")
+  return path
+
+
 def save_figure(fig, path: str, dpi: int = 110) -> str:
   """Lay out, write (creating the directory) and close a matplotlib figure; returns path."""
   import matplotlib.pyplot as plt

@@ -22,7 +22,6 @@ et al. 2019, Table 2: a rate within about 1% of the negative ELBO).
 Writes results/compression.json (the numbers) and results/compression.md; --render_only
 rewrites the Markdown from the JSON.
 """
-import json
 import os
 import time
 
@@ -245,28 +244,21 @@ def render(results: dict) -> str:
 
 def main(argv):
   del argv
-  os.makedirs(FLAGS.results_dir, exist_ok=True)
-  json_path = os.path.join(FLAGS.results_dir, f"{NAME}.json")
-  if FLAGS.render_only:
-    with open(json_path) as f:
-      results = json.load(f)
-  else:
+
+  def compute():
     from vdm import train
     config = FLAGS.config
     train.validate_config(config)          # every field before any compute
     timer = common.Timer()
-    results = {"machine": common.machine(), "command": common.command_line(),
-               "config": {k: (list(v) if isinstance(v, tuple) else v)
+    results = {"config": {k: (list(v) if isinstance(v, tuple) else v)
                           for k, v in config.experiment.items()}}
     results["enumerable"] = enumerable_rows(config)
     logging.info("enumerable models done in %.0f s", timer.seconds)
     results["ddpm"] = ddpm_results(config, FLAGS.workdir)
-    results["seconds"] = timer.seconds
-    with open(json_path, "w") as f:
-      json.dump(results, f, indent=1)
-  path = common.write_result(NAME, "Bits-back compression at the rate of the bound",
-                             render(results), results.get("seconds"), FLAGS.results_dir)
-  print(path)
+    return results
+
+  common.compute_or_render(NAME, "Bits-back compression at the rate of the bound",
+                           FLAGS.results_dir, FLAGS.render_only, compute, render)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ Carlo error); on digits, L_K decreases (in bits/dim) with K below calc_bpd's bou
 Writes results/likelihoods.json (the numbers), results/likelihoods.md and
 results/likelihoods.png; --render_only redraws the last two from the JSON.
 """
-import json
 import math
 import os
 
@@ -244,12 +243,8 @@ def figure(results: dict, path: str) -> str:
 
 def main(argv):
   del argv
-  os.makedirs(FLAGS.results_dir, exist_ok=True)
-  json_path = os.path.join(FLAGS.results_dir, f"{NAME}.json")
-  if FLAGS.render_only:
-    with open(json_path) as f:
-      results = json.load(f)
-  else:
+
+  def compute():
     from vdm import train
     config = FLAGS.config
     train.validate_config(config)          # every field before any compute
@@ -257,18 +252,11 @@ def main(argv):
     results = {"oracle": oracle_results(config)}
     logging.info("oracle done in %.0f s", timer.seconds)
     results["digits"] = digits_results(config, FLAGS.workdir)
-    results["seconds"] = timer.seconds
-    results["command"] = common.command_line()
-    results["machine"] = common.machine_line()
-    tmp = json_path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(results, f, indent=1)
-    os.replace(tmp, json_path)
-  body = render(results, FLAGS.results_dir)
-  path = common.write_result(NAME, "How tight is the bound?", body, results.get("seconds"),
-                             FLAGS.results_dir)
-  print(body)
-  print(f"wrote {path}")
+    return results
+
+  common.compute_or_render(NAME, "How tight is the bound?", FLAGS.results_dir,
+                           FLAGS.render_only, compute,
+                           lambda results: render(results, FLAGS.results_dir))
 
 
 if __name__ == "__main__":
