@@ -29,7 +29,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 import numpy as np
 
-from experiments import common
+from experiments import common, stats
 
 config_flags.DEFINE_config_file("config", os.path.join(common.REPO, "configs",
                                                        "compression_digits.py"),
@@ -99,7 +99,7 @@ def enumerable_rows(config) -> list:
             "fit_seconds": fit_s, "target_bits": float(target.mean()),
             "target_bits_se": float(target.std(ddof=1) / np.sqrt(n)),
             "ideal_bits": float(ideal.mean()),
-            "paired_se": float((ideal - target).std(ddof=1) / np.sqrt(n)),
+            "paired_se": stats.mean_se(ideal - target)[1],
             "measured_bits": result.measured_bits / n, "seed_bits": result.seed_bits,
             "checksum_bits": result.header_bits,
             "encode_ms": 1e3 * enc_s / n, "decode_ms": 1e3 * dec_s / n,
@@ -134,11 +134,11 @@ def ddpm_results(config, workdir: str) -> dict:
   record = {k: v for k, v in first.items() if not k.endswith("_per_example")}
   return {"first": record, "repeats": len(rates), "rates_bpd": rates,
           "rate_bpd": float(np.mean(rates)), "bound_bpd": float(bound.mean()),
-          "bound_bpd_se": float(bound.std(ddof=1) / np.sqrt(len(bound))),
+          "bound_bpd_se": stats.mean_se(bound)[1],
           "overhead_bpd": float(np.mean(rates) - bound.mean()),
           # The rate is the ideal codelength plus the coder's overhead (exact per repeat); the
           # paired per-example difference ideal - bound carries the Monte Carlo error.
-          "overhead_bpd_se": float(diff.std(ddof=1) / np.sqrt(len(diff))),
+          "overhead_bpd_se": stats.mean_se(diff)[1],
           "coder_overhead_bpd": float(coder.mean()),
           "repeat_encode_seconds": seconds, "num_examples": int(len(levels)), "dims": dims,
           "step": record["step"], "T": int(objective.num_timesteps)}
@@ -154,26 +154,25 @@ def claims(results: dict) -> list:
   # The coder's word rounding: up to 64 bits per message, shared by the examples.
   slack = lambda r: 64.0 / r["num_examples"] + 1e-3 * r["target_bits"]
   out.append(("exact posterior: the rate is -log2 p(x) (up to the coder's rounding)",
-              "holds" if all(abs(r["measured_bits"] - r["target_bits"]) <= slack(r) for r in ex)
-              else "does NOT hold",
+              stats.verdict(all(abs(r["measured_bits"] - r["target_bits"]) <= slack(r)
+                                for r in ex)),
               ", ".join(f"{r['model']}: {r['measured_bits']:.3f} vs {r['target_bits']:.3f}"
                         for r in ex)))
   enc = [r for r in results["enumerable"] if r["posterior"] == "encoder"]
   out.append(("encoder q: the rate is -ELBO within Monte Carlo error (4 SE)",
-              "holds" if all(abs(r["measured_bits"] - r["target_bits"])
-                             <= 4 * r["paired_se"] + slack(r) for r in enc) else "does NOT hold",
+              stats.verdict(all(abs(r["measured_bits"] - r["target_bits"])
+                                <= 4 * r["paired_se"] + slack(r) for r in enc)),
               ", ".join(f"{r['model']}: {r['measured_bits']:.3f} vs {r['target_bits']:.3f} "
                         f"+- {r['paired_se']:.3f}" for r in enc)))
   out.append(("every round trip is exact",
-              "holds" if all(r["round_trip"] for r in results["enumerable"])
-              and results["ddpm"]["first"]["round_trip"] == "verified" else "does NOT hold",
+              stats.verdict(all(r["round_trip"] for r in results["enumerable"])
+                            and results["ddpm"]["first"]["round_trip"] == "verified"),
               f"{len(results['enumerable'])} enumerable messages; the DDPM file decoded from "
               f"disk"))
   d = results["ddpm"]
   pct = lambda v: 100.0 * v / d["bound_bpd"]
-  hi, lo = d["overhead_bpd"] + 2 * d["overhead_bpd_se"], d["overhead_bpd"] - 2 * d["overhead_bpd_se"]
-  verdict = ("holds" if pct(hi) < MAX_OVERHEAD_PERCENT else
-             "does NOT hold" if pct(lo) >= MAX_OVERHEAD_PERCENT else "not resolved")
+  verdict = stats.verdict(stats.below(pct(d["overhead_bpd"]), pct(d["overhead_bpd_se"]),
+                                      MAX_OVERHEAD_PERCENT))
   out.append((f"digits DDPM: the rate exceeds calc_bpd's bound by less than "
               f"{MAX_OVERHEAD_PERCENT:g}% (2 SE)", verdict,
               f"{d['rate_bpd']:.4f} vs {d['bound_bpd']:.4f}: {pct(d['overhead_bpd']):+.2f}% "

@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import json
 import math
 import os
 from typing import Optional
@@ -36,7 +35,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 import numpy as np
 
-from experiments import common
+from experiments import common, runs
 from experiments import frechet
 
 TABLES = ("table1", "table2", "table4", "all")
@@ -122,142 +121,54 @@ def run_config(base, run: Run):
   return cfg
 
 
-def fingerprint(cfg) -> str:
-  return hashlib.sha256(cfg.to_json(sort_keys=True).encode()).hexdigest()[:16]
-
-
-# ---------------------------------------------------------------------------------------------
-# Small JSON helpers.
-
-def _read_json(path: str):
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
-
-
-def _write_json(path: str, obj) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
-
-
-# ---------------------------------------------------------------------------------------------
-# One run: train (or reuse), then the extras computed from its EMA parameters.
-
-class RunContext:
-  """Everything about one run's directory: status, bound, EMA params, cached extras."""
+class RunContext(runs.Run):
+  """One run of the tables (experiments.runs.Run: train or reuse, bound, EMA params, cache)
+  with the extras the tables compute from its EMA parameters."""
 
   def __init__(self, run: Run, cfg, workdir: str, dataset):
-    self.run, self.cfg, self.workdir, self.dataset = run, cfg, workdir, dataset
-    self.fp = fingerprint(cfg)
-    self.status_path = os.path.join(workdir, "paper_status.json")
-    self.extras_path = os.path.join(workdir, "paper_extras.json")
-    self.bound_path = os.path.join(workdir, "eval", f"bound_{cfg.training.num_steps}.json")
-    self._ema = None
-    self._run = None
-
-  # -- training -------------------------------------------------------------------------------
-  def ensure_trained(self) -> dict:
-    """Train unless finished (or recorded as diverged); returns the status dict."""
-    from vdm import train
-    status = _read_json(self.status_path)
-    if status is not None and status.get("fingerprint") != self.fp:
-      raise ValueError(f"{self.workdir} holds a run with a different config (fingerprint "
-                       f"{status.get('fingerprint')} != {self.fp}): pass another --workdir_root "
-                       f"or delete that directory")
-    if status is not None and status["state"] in ("diverged", "trained") and (
-        status["state"] == "diverged" or os.path.exists(self.bound_path)):
-      logging.info("run %s: reusing (%s)", self.run.name, status["state"])
-      return status
-    status = {"fingerprint": self.fp, "name": self.run.name, "state": "training"}
-    if os.path.exists(self.bound_path):   # trained and evaluated, status lost: reuse
-      status.update(state="trained", train_seconds=None)
-      _write_json(self.status_path, status)
-      return status
-    timer = common.Timer()
-    logging.info("run %s: training in %s", self.run.name, self.workdir)
-    try:
-      result = train.train_and_evaluate(self.cfg, self.workdir)
-      self._ema = result.state.ema_params
-      status.update(state="trained")
-    except train.NonFiniteLossError as e:
-      logging.warning("run %s diverged: %s", self.run.name, e)
-      status.update(state="diverged", message=str(e))
-    status["train_seconds"] = timer.seconds
-    _write_json(self.status_path, status)
-    return dict(status, trained_now=True)
-
-  def bound(self) -> dict:
-    """The trainer's final test-split bound record (summary, terms, rate_distortion)."""
-    record = _read_json(self.bound_path)
-    if record is None:
-      raise FileNotFoundError(f"no final bound {self.bound_path}: the run did not finish")
-    return record
-
-  # -- restoring ------------------------------------------------------------------------------
-  def setup(self):
-    """The checked run (vdm.train.setup) of this config on the loaded dataset."""
-    if self._run is None:
-      from vdm import train
-      self._run = train.setup(self.cfg, self.dataset)
-    return self._run
-
-  def ema_params(self):
-    if self._ema is None:
-      from vdm import train
-      self._ema = train.restore(self.cfg, self.workdir, dataset=self.dataset)
-    return self._ema
-
-  # -- cached extras --------------------------------------------------------------------------
-  def _extras(self) -> dict:
-    extras = _read_json(self.extras_path) or {}
-    return extras if extras.get("fingerprint") == self.fp else {"fingerprint": self.fp}
+    super().__init__(run.name, cfg, workdir, dataset)
+    self.run = run
 
   def train_bound(self, indices: np.ndarray) -> dict:
     """The full bound (bits/dim, EMA params) on dataset.train[indices], cached."""
     from vdm import random_streams as streams
     from vdm import reporting, train
-    extras = self._extras()
+
+    def compute():
+      timer = common.Timer()
+      bound = train.bound_on(self.setup(), self.ema_params(), self.dataset.train[indices],
+                             streams.eval_key(self.config.seed, self.num_steps))
+      return {"num_examples": int(len(indices)), "summary": reporting.bound_summary(bound),
+              "seconds": timer.seconds}
+
     key = f"train_bound_{len(indices)}_{hashlib.sha256(indices.tobytes()).hexdigest()[:8]}"
-    if key in extras:
-      return extras[key]
-    timer = common.Timer()
-    bound = train.bound_on(self.setup(), self.ema_params(), self.dataset.train[indices],
-                           streams.eval_key(self.cfg.seed, self.cfg.training.num_steps))
-    extras[key] = {"num_examples": int(len(indices)), "summary": reporting.bound_summary(bound),
-                   "seconds": timer.seconds}
-    _write_json(self.extras_path, extras)
-    return extras[key]
+    return self.cached(key, compute)
 
   def samples(self, n: int, batch_size: int) -> tuple:
     """(uint8 levels [n, H, W, C], info dict) from ancestral sampling (T steps), cached .npy."""
     from vdm import random_streams as streams
     from vdm import reporting, train
-    extras = self._extras()
-    key = f"samples_{n}"
     path = os.path.join(self.workdir, f"paper_samples_{n}.npy")
-    if key in extras and os.path.exists(path):
-      return np.load(path), extras[key]
-    timer = common.Timer()
-    run = self.setup()
-    x = np.asarray(train.draw_samples(
-        run, train.replicate(self.ema_params(), run.devices),
-        streams.samples_key(self.cfg.seed, self.cfg.training.num_steps), n,
-        batch_size=batch_size), np.float64)
-    K = self.dataset.num_levels
-    info = {"num": n, "nonfinite_fraction": float(np.mean(~np.isfinite(x))),
-            "out_of_range_fraction": float(np.mean(np.abs(np.nan_to_num(x, nan=9.0)) > 1.0 + 1e-6)),
-            "seconds": timer.seconds}
-    v = frechet.quantize_samples(x, K)
-    np.save(path, v)
-    reporting.write_sample_grid(os.path.join(self.workdir, "samples", "paper_samples.png"),
-                                np.nan_to_num(x[:64]), K)
-    extras[key] = info
-    _write_json(self.extras_path, extras)
-    return v, info
+
+    def compute():
+      timer = common.Timer()
+      run = self.setup()
+      x = np.asarray(train.draw_samples(
+          run, train.replicate(self.ema_params(), run.devices),
+          streams.samples_key(self.config.seed, self.num_steps), n, batch_size=batch_size),
+          np.float64)
+      K = self.dataset.num_levels
+      info = {"num": n, "nonfinite_fraction": float(np.mean(~np.isfinite(x))),
+              "out_of_range_fraction": float(np.mean(np.abs(np.nan_to_num(x, nan=9.0))
+                                                     > 1.0 + 1e-6)),
+              "seconds": timer.seconds}
+      np.save(path, frechet.quantize_samples(x, K))
+      reporting.write_sample_grid(os.path.join(self.workdir, "samples", "paper_samples.png"),
+                                  np.nan_to_num(x[:64]), K)
+      return info
+
+    info = self.cached(f"samples_{n}", compute, valid=lambda _: os.path.exists(path))
+    return np.load(path), info
 
 
 # ---------------------------------------------------------------------------------------------

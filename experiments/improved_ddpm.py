@@ -35,8 +35,6 @@ interrupted run resumes from its checkpoint. Writes --output (Markdown) and a PN
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import sys
 
@@ -45,7 +43,7 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from experiments import common
+from experiments import common, runs
 
 SCHEDULES = ("linear", "cosine")
 OBJECTIVES = ("simple", "hybrid", "vlb")
@@ -160,96 +158,32 @@ def run_config(base: ml_collections.ConfigDict, run: str,
   return config
 
 
-def config_hash(config: ml_collections.ConfigDict) -> str:
-  text = json.dumps(config.to_dict(), sort_keys=True, default=str)
-  return hashlib.sha1(text.encode()).hexdigest()[:8]
-
-
-def override_keys(argv) -> list:
-  """Dotted field names overridden on the command line as --config.a.b=... or --config.a.b v."""
-  keys = []
-  for arg in argv:
-    if arg.startswith("--config."):
-      keys.append(arg[len("--config."):].split("=", 1)[0])
-  return keys
-
-
 def base_config(cpu_config: ml_collections.ConfigDict, full_scale: bool,
                 argv) -> ml_collections.ConfigDict:
   """A copy of cpu_config (--config, overrides applied), or with full_scale the
   full_scale_config() with the same --config.* overrides (those named in argv) applied."""
-  if not full_scale:
-    return ml_collections.ConfigDict(cpu_config.to_dict())
-  config = full_scale_config()
-  for key in override_keys(argv):
-    *parents, leaf = key.split(".")
-    src, dst = cpu_config, config
-    for p in parents:
-      src, dst = src[p], dst[p]
-    dst[leaf] = src[leaf]
-  return config
+  return runs.config_from_cli(cpu_config, full_scale_config if full_scale else None, argv)
 
 
 # ------------------------------------------------------------------------------------------
-# Running and reading runs.
+# Running and reading runs (experiments.runs).
 
-def run_workdir(root: str, run: str, config) -> str:
-  return os.path.join(root, f"{run}-{config_hash(config)}")
-
-
-def final_bound_path(workdir: str, num_steps: int) -> str:
-  return os.path.join(workdir, "eval", f"bound_{num_steps}.json")
+def run_of(root: str, run: str, config) -> runs.Run:
+  """The run's directory root/<run>-<fingerprint> (an earlier sha1-named one is moved there)."""
+  return runs.Run(run, config, runs.run_dir(root, run, config,
+                                            legacy=(runs.legacy_dir(root, run, config),)))
 
 
-def train_run(run: str, config, workdir: str) -> dict:
-  """Train (or resume) and evaluate one run unless it finished before; returns its record.
-
-  The record: run, status ("ok" | "diverged"), seconds (train + eval, of the run that made the
-  result), reused (bool), error (str, diverged runs).
-  """
-  info_path = os.path.join(workdir, "run_info.json")
-  num_steps = config.training.num_steps
-  if os.path.exists(info_path):
-    with open(info_path) as f:
-      info = json.load(f)
-    if info.get("status") == "diverged" or os.path.exists(final_bound_path(workdir, num_steps)):
-      return dict(info, reused=True)
-  from vdm import train
-  timer = common.Timer()
-  try:
-    train.train_and_evaluate(config, workdir)
-    info = {"run": run, "status": "ok", "seconds": timer.seconds}
-  except train.NonFiniteLossError as e:
-    logging.warning("%s diverged: %s", run, e)
-    info = {"run": run, "status": "diverged", "seconds": timer.seconds, "error": str(e)}
-  if not os.path.exists(final_bound_path(workdir, num_steps)) and info["status"] == "ok":
-    raise RuntimeError(f"{run}: training ended without {final_bound_path(workdir, num_steps)} "
-                       f"(interrupted?): rerun to resume")
-  os.makedirs(workdir, exist_ok=True)
-  with open(info_path, "w") as f:
-    json.dump(info, f)
-  return dict(info, reused=False)
-
-
-def read_bound(workdir: str, num_steps: int) -> dict:
-  """The final bound record: summary (scalars, bits/dim) and terms (vb [T], ...)."""
-  with open(final_bound_path(workdir, num_steps)) as f:
-    return json.load(f)
-
-
-def read_train_metrics(workdir: str) -> list:
-  """Rows of metrics.jsonl with split == 'train', one per step (the last write wins)."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return []
-  rows = {}
-  with open(path) as f:
-    for line in f:
-      if line.strip():
-        r = json.loads(line)
-        if r.get("split") == "train":
-          rows[r["step"]] = r
-  return [rows[s] for s in sorted(rows)]
+def train_run(r: runs.Run) -> dict:
+  """Train (or resume) and evaluate one run unless it finished before; returns its record:
+  run, status ("ok" | "diverged"), seconds (train + eval, of the run that made the result),
+  reused (bool), error (str, diverged runs)."""
+  status = r.ensure_trained()
+  info = {"run": r.name, "status": "ok" if status["state"] == "trained" else "diverged",
+          "seconds": status["train_seconds"], "reused": not status["trained_now"]}
+  if "message" in status:
+    info["error"] = status["message"]
+  return info
 
 
 def loss_noise(rows: list, key: str = "loss") -> dict:
@@ -510,15 +444,15 @@ def main(argv):
     objectives.build_objective(config, dataset.shape, dataset.num_levels)
 
   timer = common.Timer()
-  records = {run: {"workdir": run_workdir(FLAGS.workdir_root, run, config)}
-             for run, config in configs.items()}
-  for run, config in configs.items():
+  handles = {run: run_of(FLAGS.workdir_root, run, config) for run, config in configs.items()}
+  records = {run: {"workdir": h.workdir} for run, h in handles.items()}
+  for run, h in handles.items():
     rec = records[run]
     logging.info("=== %s -> %s", run, rec["workdir"])
-    info = train_run(run, config, rec["workdir"])
-    rec.update(info=info, metrics=read_train_metrics(rec["workdir"]), bound=None)
+    info = train_run(h)
+    rec.update(info=info, metrics=h.train_metrics(), bound=None)
     if info["status"] == "ok":
-      rec["bound"] = read_bound(rec["workdir"], config.training.num_steps)
+      rec["bound"] = h.bound()
     rec["noise"] = loss_noise(rec["metrics"]) if rec["metrics"] else None
     logging.info("%s: %s", run, rec["bound"]["summary"] if rec["bound"] else info)
     # The report after every run: a long table shows its finished rows early.

@@ -29,7 +29,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 import numpy as np
 
-from experiments import common
+from experiments import common, stats
 
 config_flags.DEFINE_config_file("config", os.path.join(common.REPO, "configs",
                                                        "likelihoods_digits.py"),
@@ -206,7 +206,7 @@ def render(results: dict, results_dir: str) -> str:
                                    _cell(r, "nfe"), _cell(r, "seconds")] for r in d["rows"]]),
            "", "## Claims", "",
            common.markdown_table(["claim", "verdict", "evidence"],
-                                 [[c, "holds" if ok else "does NOT hold", ev]
+                                 [[c, stats.verdict(ok), ev]
                                   for c, ok, ev in claims(results)]),
            "", "![bound against K](likelihoods.png)"]
   figure(results, os.path.join(results_dir, f"{NAME}.png"))

@@ -34,14 +34,12 @@ bound, averaged (as a variance) over the test examples.
 
 --full_scale trains configs/cifar10_vdm.py (the paper's) instead, with --config.* overrides
 applied to it and experiment.full_scale_num_draws draws (meant for a GPU/TPU machine; the
-evaluation runs on the first local device). Runs live in --workdir_root/<run>-<config hash>:
-a rerun reuses finished runs (train.train_and_evaluate resumes; a finished run only evaluates).
+evaluation runs on the first local device). Runs live in
+--workdir_root/<run>-<config fingerprint> (experiments.runs): a rerun reuses finished runs and resumes unfinished ones.
 Writes --output (Markdown, via experiments/common.py) and a PNG beside it.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import sys
@@ -52,6 +50,8 @@ from ml_collections import config_flags
 import numpy as np
 
 from experiments import common
+from experiments import runs as runs_lib
+from experiments.stats import mc_summary, paired_difference, variance_ratio, verdict
 
 DEFAULT_CONFIG = os.path.join(common.REPO, "configs", "paper", "vdm_digits.py")
 ALT_SCHEDULES = ("cosine", "quadratic")
@@ -65,35 +65,24 @@ PAPER_T_TEXT = "not retrieved (unverified)"
 # ------------------------------------------------------------------------------------------
 # Configs.
 
-def override_keys(argv) -> list:
-  """Dotted config fields given on the command line as --config.a.b=v or --config.a.b v."""
-  return [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
-
-
 def base_config(cpu: ml_collections.ConfigDict, full_scale: bool,
-                overrides=()) -> ml_collections.ConfigDict:
+                argv=()) -> ml_collections.ConfigDict:
   """The training config of the experiment (+ its `experiment` group).
 
   CPU scale: a copy of `cpu`. Full scale: configs/cifar10_vdm.py with cpu.experiment attached,
-  num_draws = experiment.full_scale_num_draws, and every overridden field (dotted names in
-  `overrides`, taken from `cpu`, which already holds the command-line values) applied.
+  num_draws = experiment.full_scale_num_draws, and every --config.* field named in argv (taken
+  from `cpu`, which already holds the command-line values) applied (`experiments.runs.config_from_cli`).
   """
   if "experiment" not in cpu:
     raise ValueError("config needs an `experiment` group (see configs/paper/vdm_digits.py)")
-  if not full_scale:
-    return ml_collections.ConfigDict(cpu.to_dict())
-  from configs import cifar10_vdm
-  config = cifar10_vdm.get_config()
-  config.experiment = ml_collections.ConfigDict(cpu.experiment.to_dict())
-  config.experiment.num_draws = cpu.experiment.full_scale_num_draws
-  config.experiment.eval_batch_size = cpu.experiment.get("full_scale_eval_batch_size", 125)
-  for key in overrides:
-    *parents, leaf = key.split(".")
-    src, dst = cpu, config
-    for p in parents:
-      src, dst = src[p], dst[p]
-    dst[leaf] = src[leaf]
-  return config
+  def full():
+    from configs import cifar10_vdm
+    config = cifar10_vdm.get_config()
+    config.experiment = ml_collections.ConfigDict(cpu.experiment.to_dict())
+    config.experiment.num_draws = cpu.experiment.full_scale_num_draws
+    config.experiment.eval_batch_size = cpu.experiment.get("full_scale_eval_batch_size", 125)
+    return config
+  return runs_lib.config_from_cli(cpu, full if full_scale else None, argv)
 
 
 def check_experiment(x) -> None:
@@ -126,10 +115,6 @@ def run_config(base: ml_collections.ConfigDict, run: str) -> ml_collections.Conf
   config.vdm.num_timesteps = 0
   return config
 
-
-def config_hash(config: ml_collections.ConfigDict) -> str:
-  text = json.dumps(config.to_dict(), sort_keys=True, default=str)
-  return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
 # ------------------------------------------------------------------------------------------
@@ -207,37 +192,6 @@ def mc_draws(draw_fn, den_params, gamma_params, x, key, num_draws: int,
   return out
 
 
-def mc_summary(samples: np.ndarray) -> dict:
-  """samples [M, N] (draw, example) -> mean (over both), se (of the mean, from the M per-draw
-  test-set means), est_var (one-draw variance per example, averaged over examples)."""
-  samples = np.asarray(samples, np.float64)
-  m = samples.shape[0]
-  if samples.ndim != 2 or m < 2:
-    raise ValueError(f"samples must be [M >= 2, N], got shape {samples.shape}")
-  draw_means = samples.mean(axis=1)
-  return {"mean": float(draw_means.mean()),
-          "se": float(draw_means.std(ddof=1) / math.sqrt(m)),
-          "est_var": float(samples.var(axis=0, ddof=1).mean())}
-
-
-def paired_difference(a: np.ndarray, b: np.ndarray) -> dict:
-  """Mean and SE of a - b from paired draws [M, N] (per-draw test-set means differenced)."""
-  s = mc_summary(np.asarray(a, np.float64) - np.asarray(b, np.float64))
-  return {"mean": s["mean"], "se": s["se"]}
-
-
-def variance_ratio(a: np.ndarray, b: np.ndarray, num_boot: int = 1000, seed: int = 0) -> dict:
-  """Ratio of one-draw estimator variances, mean_n Var_m a[m, n] / mean_n Var_m b[m, n], and its
-  standard error by a paired bootstrap over the N examples (`num_boot` resamples)."""
-  va = np.asarray(a, np.float64).var(axis=0, ddof=1)
-  vb = np.asarray(b, np.float64).var(axis=0, ddof=1)
-  if va.shape != vb.shape:
-    raise ValueError(f"a and b must have the same shape [M, N], got {np.shape(a)}, {np.shape(b)}")
-  idx = np.random.default_rng(seed).integers(0, va.size, (num_boot, va.size))
-  boot = va[idx].mean(axis=1) / vb[idx].mean(axis=1)
-  return {"ratio": float(va.mean() / vb.mean()), "se": float(boot.std(ddof=1))}
-
-
 def ratio_text(r: dict) -> str:
   """'0.62 ± 0.03 (lower)' / '(higher)' / '(no difference resolved)' at 2 SE."""
   z = (r["ratio"] - 1.0) / r["se"] if r["se"] > 0 else 0.0
@@ -252,27 +206,15 @@ def pm(mean: float, se: float, digits: int = 4) -> str:
 # ------------------------------------------------------------------------------------------
 # Training runs.
 
-def train_run(run: str, config, workdir: str) -> dict:
-  """Train (or resume / only evaluate) one run; returns params, eval summary and curve."""
-  from vdm import reporting, train
-  timer = common.Timer()
-  info_path = os.path.join(workdir, "run_info.json")
-  prior = None
-  if os.path.exists(info_path):
-    with open(info_path) as f:
-      prior = json.load(f)
-  result = train.train_and_evaluate(config, workdir)
-  reused = bool(prior) and prior.get("num_steps") == int(result.state.step)
-  seconds = prior["seconds"] if reused else timer.seconds
-  if not reused:
-    with open(info_path, "w") as f:
-      json.dump({"seconds": seconds, "num_steps": int(result.state.step)}, f)
-  rows = reporting.read_metrics(workdir)
-  curve = [(r["step"], r["loss"]) for r in rows if r.get("split") == "train" and "loss" in r]
-  curve = sorted(dict(curve).items())
-  return {"run": run, "workdir": workdir, "params": result.state.ema_params,
-          "summary": result.summary, "curve": curve, "seconds": seconds, "reused": reused,
-          "step": int(result.state.step)}
+def train_run(r: runs_lib.Run) -> dict:
+  """Train (or reuse) one run (experiments.runs); returns params, eval summary and curve."""
+  status = r.ensure_trained()
+  if status["state"] != "trained":
+    raise RuntimeError(f"run {r.name} diverged ({status.get('message')}); the table needs it")
+  curve = [(m["step"], m["loss"]) for m in r.train_metrics() if "loss" in m]
+  return {"run": r.name, "workdir": r.workdir, "params": r.ema_params(),
+          "summary": r.bound()["summary"], "curve": curve, "seconds": status["train_seconds"],
+          "reused": not status["trained_now"], "step": r.num_steps}
 
 
 # ------------------------------------------------------------------------------------------
@@ -313,8 +255,6 @@ def gamma_curves_figure(path: str, learned_fn, learned_params, fixed_ends, ends,
   return common.save_figure(fig, path, dpi=100)
 
 
-def verdict(ok: bool) -> str:
-  return "holds" if ok else "does NOT hold"
 
 
 def main(argv):
@@ -325,7 +265,7 @@ def main(argv):
   from vdm import objectives
 
   timer = common.Timer()
-  config = base_config(FLAGS.config, FLAGS.full_scale, override_keys(sys.argv))
+  config = base_config(FLAGS.config, FLAGS.full_scale, sys.argv)
   x_cfg = config.experiment
   check_experiment(x_cfg)
   run_names = list(RUNS) if x_cfg.train_fixed else ["learned_linear"]
@@ -337,9 +277,10 @@ def main(argv):
 
   runs = {}
   for r in run_names:
-    wd = os.path.join(FLAGS.workdir_root, f"{r}-{config_hash(configs[r])}")
+    wd = runs_lib.run_dir(FLAGS.workdir_root, r, configs[r],
+                          legacy=(runs_lib.legacy_dir(FLAGS.workdir_root, r, configs[r]),))
     logging.info("run %s in %s", r, wd)
-    runs[r] = train_run(r, configs[r], wd)
+    runs[r] = train_run(runs_lib.Run(r, configs[r], wd, dataset))
 
   obj = {r: objectives.build_objective(configs[r], dataset.shape, dataset.num_levels)
          for r in run_names}

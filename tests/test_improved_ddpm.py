@@ -31,6 +31,7 @@ sys.path.insert(0, REPO)
 
 from md_tables import table  # noqa: E402
 from experiments import improved_ddpm as E  # noqa: E402  (no flags defined at import)
+from experiments import runs  # noqa: E402
 
 ALL_RUNS = ["linear_simple", "linear_hybrid", "linear_vlb", "cosine_simple", "cosine_hybrid",
             "cosine_vlb", "cosine_vlb_uniform"]
@@ -100,7 +101,7 @@ def test_smoke_one_real_run_and_reuse(tmp_path):
   assert abs(total - (prior + dec + rest)) < 2e-4 * max(1.0, total)
   assert (r["paper CIFAR-10 (T=4K)"], r["paper ImageNet64 (200K it, T=4K)"]) == ("2.94", "3.57")
   # The table's number is the run's final bound on the test images.
-  workdir = tmp_path / "w" / f"cosine_vlb-{E.config_hash(E.run_config(tiny_base(), 'cosine_vlb', False))}"
+  workdir = tmp_path / "w" / f"cosine_vlb-{runs.fingerprint(E.run_config(tiny_base(), 'cosine_vlb', False))}"
   bound = json.loads((workdir / "eval" / "bound_6.json").read_text())
   assert len(bound["terms"]["vb"]) == 10
   assert float(r[NLL]) == pytest.approx(bound["summary"]["total_bpd"], abs=1e-4)
@@ -133,7 +134,8 @@ def fake_finished_runs(root, base, totals, losses, diverged=()):
   made = {}
   for i, run in enumerate(ALL_RUNS):
     config = E.run_config(base, run, False)
-    workdir = os.path.join(root, f"{run}-{E.config_hash(config)}")
+    # The layout and record of the script before experiments.runs: migrated on first use.
+    workdir = runs.legacy_dir(root, run, config)
     os.makedirs(os.path.join(workdir, "eval"))
     seconds = 60.0 * (i + 1)
     status = "diverged" if run in diverged else "ok"
@@ -192,6 +194,15 @@ def test_full_table_report_from_finished_runs(tmp_path):
     expected_sampler = "importance" if run.endswith("_vlb") else "uniform"
     assert (r["variance"], r["t sampler"]) == (expected_var, expected_sampler)
   assert seen == ALL_RUNS
+  # The earlier layout (sha1-named directories with run_info.json) was migrated: moved to the
+  # fingerprint-named directory with an experiment_run.json of the one schema.
+  for run in ALL_RUNS:
+    config = E.run_config(base, run, False)
+    new = os.path.join(str(tmp_path / "w"), f"{run}-{runs.fingerprint(config)}")
+    assert not os.path.exists(made[run]["workdir"]) and os.path.isdir(new)
+    status = json.load(open(os.path.join(new, runs.STATUS)))
+    assert status["schema"] == runs.SCHEMA and status["state"] == "trained"
+    assert status["fingerprint"] == runs.fingerprint(config)
   # Where the bound is paid: per quarter of the timesteps, summing to the total.
   qh, qrows = table(text, "cell")
   assert [r[0] for r in qrows] == ALL_RUNS
@@ -280,8 +291,8 @@ def test_run_configs_set_only_schedule_and_objective():
     for k in ("beta_schedule", "loss_type", "var_type", "timestep_sampler"):
       ref["diffusion"].pop(k)
     assert other == ref
-    hashes.add(E.config_hash(c))
-  hashes.add(E.config_hash(E.run_config(base, E.VLB_UNIFORM, False)))
+    hashes.add(runs.fingerprint(c))
+  hashes.add(runs.fingerprint(E.run_config(base, E.VLB_UNIFORM, False)))
   assert len(hashes) == 7
   with pytest.raises(ValueError, match="run must be one of"):
     E.run_config(base, "cosine_l2", False)
@@ -310,7 +321,7 @@ def test_overrides_reach_the_full_scale_config():
   cpu.data.data_dir = "/data/cifar-10-batches-py"
   argv = ["prog", "--full_scale", "--config.data.data_dir=/data/cifar-10-batches-py",
           "--config.training.num_steps", "6"]
-  assert E.override_keys(argv) == ["data.data_dir", "training.num_steps"]
+  assert runs.override_keys(argv) == ["data.data_dir", "training.num_steps"]
   full = E.base_config(cpu, True, argv)
   assert full.data.data_dir == "/data/cifar-10-batches-py" and full.training.num_steps == 6
   assert full.data.dataset == "cifar10" and full.model.ch == 128   # not overridden

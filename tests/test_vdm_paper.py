@@ -16,6 +16,7 @@ from md_tables import numbers as _numbers, table_rows as _table  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+from experiments import runs, stats  # noqa: E402
 from experiments import vdm_paper as P  # noqa: E402  (flags are defined only as a script)
 
 
@@ -101,22 +102,22 @@ def test_mc_summary_and_paired_difference():
   rng = np.random.default_rng(0)
   row, col = rng.normal(size=7), rng.normal(size=5)
   samples = row[:, None] + col[None, :]                   # draw effect + example effect
-  s = P.mc_summary(samples)
+  s = stats.mc_summary(samples)
   assert abs(s["mean"] - (row.mean() + col.mean())) < 1e-12
   assert abs(s["se"] - np.std(row, ddof=1) / math.sqrt(7)) < 1e-12
   assert abs(s["est_var"] - np.var(row, ddof=1)) < 1e-12   # per-example variance over draws
-  d = P.paired_difference(samples + 0.25, samples)
+  d = stats.paired_difference(samples + 0.25, samples)
   assert abs(d["mean"] - 0.25) < 1e-12 and d["se"] < 1e-12
   with pytest.raises(ValueError, match="M >= 2"):
-    P.mc_summary(samples[:1])
+    stats.mc_summary(samples[:1])
 
 
 def test_variance_ratio():
   rng = np.random.default_rng(1)
   b = rng.normal(size=(6, 40)) * rng.uniform(0.5, 2.0, 40)
-  r = P.variance_ratio(3.0 * b + 7.0, b)                   # Var(3 X + 7) = 9 Var(X), exactly
+  r = stats.variance_ratio(3.0 * b + 7.0, b)                   # Var(3 X + 7) = 9 Var(X), exactly
   assert abs(r["ratio"] - 9.0) < 1e-9 and r["se"] < 1e-9
-  r = P.variance_ratio(rng.normal(size=(50, 200)), rng.normal(size=(50, 200)) * 2.0)
+  r = stats.variance_ratio(rng.normal(size=(50, 200)), rng.normal(size=(50, 200)) * 2.0)
   assert abs(r["ratio"] - 0.25) < 4 * r["se"] and 0 < r["se"] < 0.05
   assert "lower" in P.ratio_text({"ratio": 0.5, "se": 0.1})
   assert "no difference" in P.ratio_text({"ratio": 1.01, "se": 0.1})
@@ -162,4 +163,4 @@ def test_bad_settings_raise():
   assert "experiment" not in c1 and c1.vdm.gamma_type == "fixed_linear"
   cfg2 = vdm_digits.get_config()
   cfg2.experiment.num_draws = 7
-  assert P.config_hash(P.run_config(cfg2, "fixed_linear")) == P.config_hash(c1)
+  assert runs.fingerprint(P.run_config(cfg2, "fixed_linear")) == runs.fingerprint(c1)

@@ -1,0 +1,64 @@
+"""The statistics of the experiment scripts: standard errors, paired Monte Carlo differences,
+a bootstrap ratio, and the claim verdict with one wording.
+
+Verdicts: "holds", "does NOT hold", "not resolved" (the Monte Carlo error allows either).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+
+HOLDS, FAILS, UNRESOLVED = "holds", "does NOT hold", "not resolved"
+
+
+def verdict(holds: Optional[bool]) -> str:
+  """True -> 'holds', False -> 'does NOT hold', None -> 'not resolved'."""
+  return UNRESOLVED if holds is None else HOLDS if holds else FAILS
+
+
+def below(estimate: float, se: float, limit: float, z: float = 2.0) -> Optional[bool]:
+  """Is the quantity below `limit`? True when estimate + z se < limit, False when
+  estimate - z se >= limit, None (not resolved) otherwise."""
+  if estimate + z * se < limit:
+    return True
+  return False if estimate - z * se >= limit else None
+
+
+def mean_se(values) -> tuple:
+  """(mean, standard error of the mean) over the values: std (ddof 1) / sqrt(N); SE 0 if N=1."""
+  v = np.asarray(values, np.float64).ravel()
+  se = float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else 0.0
+  return float(v.mean()), se
+
+
+def mc_summary(samples: np.ndarray) -> dict:
+  """samples [M, N] (draw, example) -> mean (over both), se (of the mean, from the M per-draw
+  test-set means), est_var (one-draw variance per example, averaged over examples)."""
+  samples = np.asarray(samples, np.float64)
+  m = samples.shape[0]
+  if samples.ndim != 2 or m < 2:
+    raise ValueError(f"samples must be [M >= 2, N], got shape {samples.shape}")
+  draw_means = samples.mean(axis=1)
+  return {"mean": float(draw_means.mean()),
+          "se": float(draw_means.std(ddof=1) / math.sqrt(m)),
+          "est_var": float(samples.var(axis=0, ddof=1).mean())}
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray) -> dict:
+  """Mean and SE of a - b from paired draws [M, N] (per-draw test-set means differenced)."""
+  s = mc_summary(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+  return {"mean": s["mean"], "se": s["se"]}
+
+
+def variance_ratio(a: np.ndarray, b: np.ndarray, num_boot: int = 1000, seed: int = 0) -> dict:
+  """Ratio of one-draw estimator variances, mean_n Var_m a[m, n] / mean_n Var_m b[m, n], and its
+  standard error by a paired bootstrap over the N examples (`num_boot` resamples)."""
+  va = np.asarray(a, np.float64).var(axis=0, ddof=1)
+  vb = np.asarray(b, np.float64).var(axis=0, ddof=1)
+  if va.shape != vb.shape:
+    raise ValueError(f"a and b must have the same shape [M, N], got {np.shape(a)}, {np.shape(b)}")
+  idx = np.random.default_rng(seed).integers(0, va.size, (num_boot, va.size))
+  boot = va[idx].mean(axis=1) / vb[idx].mean(axis=1)
+  return {"ratio": float(va.mean() / vb.mean()), "se": float(boot.std(ddof=1))}
