@@ -29,7 +29,7 @@ estimates of sum_t L_t).
 The CPU-scale base is configs/paper/improved_ddpm_digits.py (--config). --full_scale uses
 `full_scale_config()` below instead (CIFAR-10, the paper's App. A / improved-diffusion
 flags); `--config.*` overrides given on the command line are applied to it too (both configs
-share the fields of configs/base.py). Runs live in --workdir_root/<run>-<config hash>: a rerun
+share the fields of configs/base.py). Runs live in --workdir_root/<run>-<config fingerprint> (experiments.runs): a rerun
 with the same settings reuses every finished run (no retraining, no re-evaluation), and an
 interrupted run resumes from its checkpoint. Writes --output (Markdown) and a PNG beside it.
 """
@@ -83,7 +83,7 @@ def define_flags() -> None:
   flags.DEFINE_bool("full_scale", False, "Use the paper's CIFAR-10 settings (GPU/TPU), "
                     "full_scale_config(), instead of --config.")
   flags.DEFINE_string("workdir_root", "workdirs/improved_ddpm",
-                      "Runs go to <root>/<run>-<config hash>.")
+                      "Runs go to <root>/<run>-<config fingerprint>.")
   flags.DEFINE_list("runs", list(RUNS), f"Runs of the table, from {list(RUNS)}.")
   flags.DEFINE_bool("vlb_uniform", True, f"Also train {VLB_UNIFORM} (L_vlb with uniform "
                     "timesteps) to compare the noise of the L_vlb estimate.")
