@@ -29,9 +29,9 @@ estimates of sum_t L_t).
 The CPU-scale base is configs/paper/improved_ddpm_digits.py (--config). --full_scale uses
 `full_scale_config()` below instead (CIFAR-10, the paper's App. A / improved-diffusion
 flags); `--config.*` overrides given on the command line are applied to it too (both configs
-share the fields of configs/base.py). Runs live in --workdir_root/<run>-<config fingerprint> (experiments.runs): a rerun
-with the same settings reuses every finished run (no retraining, no re-evaluation), and an
-interrupted run resumes from its checkpoint. Writes --output (Markdown) and a PNG beside it.
+share the fields of configs/base.py). Runs live in --workdir_root/<run>-<config fingerprint>
+(experiments.runs): a rerun with the same settings reuses every finished run (no retraining, no
+re-evaluation), and an interrupted run resumes from its checkpoint. Writes --output (Markdown) and a PNG beside it.
 """
 from __future__ import annotations
 
