@@ -117,11 +117,13 @@ class Timer:
 
 
 def write_result(name: str, title: str, body: str, seconds: float | None = None,
-                 results_dir: str = RESULTS) -> str:
-  """results/<name>.md: title, the command that made it, machine and wall time, then body."""
+                 results_dir: str = RESULTS, command: str | None = None,
+                 machine: str | None = None) -> str:
+  """results/<name>.md: title, the command that made it, machine and wall time, then body
+  (command and machine default to this process's)."""
   os.makedirs(results_dir, exist_ok=True)
-  head = [f"# {title}", "", "Produced by:", "", "```", command_line(), "```", "",
-          f"Machine: {machine_line()}."]
+  head = [f"# {title}", "", "Produced by:", "", "```", command or command_line(), "```", "",
+          f"Machine: {machine or machine_line()}."]
   if seconds is not None:
     head.append(f"Wall time: {seconds / 60:.1f} min.")
   path = os.path.join(results_dir, f"{name}.md")
@@ -130,6 +132,21 @@ def write_result(name: str, title: str, body: str, seconds: float | None = None,
     f.write("\n".join(head) + "\n\n" + body.rstrip() + "\n")
   os.replace(tmp, path)
   return path
+
+
+def define_experiment_flags(config_file: str, workdir: str, what: str) -> None:
+  """The flags of an experiment with saved results (defined when run as a script, so that the
+  modules import side by side): --config (configs/<config_file>), --workdir (workdirs/<workdir>,
+  `what` runs there), --results_dir, --render_only."""
+  from absl import flags
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("config", os.path.join(REPO, "configs", config_file),
+                                  "Experiment config (a vdm config with an `experiment` group).")
+  flags.DEFINE_string("workdir", os.path.join(REPO, "workdirs", workdir),
+                      f"Run directory of {what} (trained if absent, reused if done).")
+  flags.DEFINE_string("results_dir", RESULTS, "Where the JSON, Markdown (and figures) go.")
+  flags.DEFINE_bool("render_only", False, "Only redraw the Markdown (and figures) from the "
+                    "saved JSON.")
 
 
 def compute_or_render(name: str, title: str, results_dir: str, render_only: bool, compute,
@@ -152,7 +169,11 @@ def compute_or_render(name: str, title: str, results_dir: str, render_only: bool
       json.dump(results, f, indent=1)
     os.replace(tmp, json_path)
   body = render(results)
-  path = write_result(name, title, body, results.get("seconds"), results_dir)
+  # A re-rendering keeps the header of the run that computed the numbers.
+  machine = results.get("machine")
+  path = write_result(name, title, body, results.get("seconds"), results_dir,
+                      command=results.get("command"),
+                      machine=machine if isinstance(machine, str) else None)
   print(body)
   print(f"wrote {path}")
   return path

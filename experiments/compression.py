@@ -22,22 +22,13 @@ et al. 2019, Table 2: a rate within about 1% of the negative ELBO).
 Writes results/compression.json (the numbers) and results/compression.md; --render_only
 rewrites the Markdown from the JSON.
 """
-import os
 import time
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 import numpy as np
 
 from experiments import common, stats
 
-config_flags.DEFINE_config_file("config", os.path.join(common.REPO, "configs",
-                                                       "compression_digits.py"),
-                                "Experiment config (a vdm config with an `experiment` group).")
-flags.DEFINE_string("workdir", os.path.join(common.REPO, "workdirs", "likelihoods_digits"),
-                    "Run directory of the digits DDPM (trained if absent, reused if done).")
-flags.DEFINE_string("results_dir", common.RESULTS, "Where the JSON and Markdown go.")
-flags.DEFINE_bool("render_only", False, "Only rewrite the Markdown from the saved JSON.")
 FLAGS = flags.FLAGS
 NAME = "compression"
 # Published figures set beside ours (bits/dim; quoted, not recomputed).
@@ -261,4 +252,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  common.define_experiment_flags("compression_digits.py", "likelihoods_digits", "the digits DDPM")
   app.run(main)

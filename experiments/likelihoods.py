@@ -26,18 +26,10 @@ import math
 import os
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 import numpy as np
 
 from experiments import common, stats
 
-config_flags.DEFINE_config_file("config", os.path.join(common.REPO, "configs",
-                                                       "likelihoods_digits.py"),
-                                "Experiment config (a vdm config with an `experiment` group).")
-flags.DEFINE_string("workdir", os.path.join(common.REPO, "workdirs", "likelihoods_digits"),
-                    "Run directory of the digits model (trained if absent, reused if done).")
-flags.DEFINE_string("results_dir", common.RESULTS, "Where the JSON, Markdown and PNG go.")
-flags.DEFINE_bool("render_only", False, "Only redraw the table and figure from the JSON.")
 FLAGS = flags.FLAGS
 
 NAME = "likelihoods"
@@ -260,4 +252,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  common.define_experiment_flags("likelihoods_digits.py", "likelihoods_digits", "the digits model")
   app.run(main)
