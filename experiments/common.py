@@ -149,6 +149,21 @@ def define_experiment_flags(config_file: str, workdir: str, what: str) -> None:
                     "saved JSON.")
 
 
+def run_experiment(name: str, title: str, compute, render) -> str:
+  """The main of a script defined by `define_experiment_flags`: compute(config, workdir) after
+  every field of --config is checked (vdm.train.validate_config), or --render_only;
+  `compute_or_render` does the rest."""
+  from absl import flags
+  f = flags.FLAGS
+
+  def checked():
+    from vdm import train
+    train.validate_config(f.config)          # every field before any compute
+    return compute(f.config, f.workdir)
+
+  return compute_or_render(name, title, f.results_dir, f.render_only, checked, render)
+
+
 def compute_or_render(name: str, title: str, results_dir: str, render_only: bool, compute,
                       render) -> str:
   """The main of an experiment: results = compute() (a JSON-able dict, timed, with the command

@@ -104,13 +104,13 @@ def enumerable_rows(config) -> list:
 def ddpm_results(config, workdir: str) -> dict:
   """--mode=compress of the held-out split, then more encodes with other seed words."""
   from vdm import train
+  from vdm.objectives import coding_options
   train.train_and_evaluate(config, workdir)
   first = train.compress(config, workdir).record
   restored = train.restore_run(config, workdir)
   objective, params = restored.run.objective, restored.ema_params
   levels = np.asarray(restored.run.dataset.test[:config.coding.num_examples or None])
   dims = int(np.prod(levels.shape[1:]))
-  from vdm.objectives import coding_options
   rates, ideals, seconds = [first["coder_rate_bpd"]], [np.asarray(first["ideal_bpd_per_example"])], []
   for seed in range(1, config.experiment.ddpm_repeats):
     options = dict(coding_options(config.coding), seed=seed)
@@ -232,23 +232,19 @@ def render(results: dict) -> str:
   return "\n".join(lines)
 
 
+def compute(config, workdir: str) -> dict:
+  timer = common.Timer()
+  results = {"config": {k: (list(v) if isinstance(v, tuple) else v)
+                        for k, v in config.experiment.items()}}
+  results["enumerable"] = enumerable_rows(config)
+  logging.info("enumerable models done in %.0f s", timer.seconds)
+  results["ddpm"] = ddpm_results(config, workdir)
+  return results
+
+
 def main(argv):
   del argv
-
-  def compute():
-    from vdm import train
-    config = FLAGS.config
-    train.validate_config(config)          # every field before any compute
-    timer = common.Timer()
-    results = {"config": {k: (list(v) if isinstance(v, tuple) else v)
-                          for k, v in config.experiment.items()}}
-    results["enumerable"] = enumerable_rows(config)
-    logging.info("enumerable models done in %.0f s", timer.seconds)
-    results["ddpm"] = ddpm_results(config, FLAGS.workdir)
-    return results
-
-  common.compute_or_render(NAME, "Bits-back compression at the rate of the bound",
-                           FLAGS.results_dir, FLAGS.render_only, compute, render)
+  common.run_experiment(NAME, "Bits-back compression at the rate of the bound", compute, render)
 
 
 if __name__ == "__main__":

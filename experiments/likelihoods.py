@@ -233,22 +233,18 @@ def figure(results: dict, path: str) -> str:
   return common.save_figure(fig, path)
 
 
+def compute(config, workdir: str) -> dict:
+  timer = common.Timer()
+  results = {"oracle": oracle_results(config)}
+  logging.info("oracle done in %.0f s", timer.seconds)
+  results["digits"] = digits_results(config, workdir)
+  return results
+
+
 def main(argv):
   del argv
-
-  def compute():
-    from vdm import train
-    config = FLAGS.config
-    train.validate_config(config)          # every field before any compute
-    timer = common.Timer()
-    results = {"oracle": oracle_results(config)}
-    logging.info("oracle done in %.0f s", timer.seconds)
-    results["digits"] = digits_results(config, FLAGS.workdir)
-    return results
-
-  common.compute_or_render(NAME, "How tight is the bound?", FLAGS.results_dir,
-                           FLAGS.render_only, compute,
-                           lambda results: render(results, FLAGS.results_dir))
+  common.run_experiment(NAME, "How tight is the bound?", compute,
+                        lambda results: render(results, FLAGS.results_dir))
 
 
 if __name__ == "__main__":

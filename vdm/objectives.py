@@ -231,9 +231,9 @@ class DDPMObjective:
     """The inverse of `encode_bits`: int64 levels [num_examples, *data_shape]."""
     from vdm.coding import diffusion as coding
     self.check_codable()
-    options = {k: v for k, v in options.items() if k != "seed"}
     return coding.decode(self.diffusion, self.model_fn, params, message, num_examples,
-                         self.data_shape, clip_denoised=self.clip_bound, **options)
+                         self.data_shape, clip_denoised=self.clip_bound,
+                         **_decode_options(options))
 
   def sample(self, params, key, n: int):
     return self.diffusion.p_sample_loop(self.model_fn, params, (n,) + tuple(self.data_shape), key,
@@ -300,6 +300,11 @@ def coding_options(coding_config) -> dict:
   c = coding_config
   return dict(precision_bits=int(c.precision_bits), R=float(c.latent_range),
               batch_size=int(c.batch_size), seed=int(c.seed))
+
+
+def _decode_options(options: dict) -> dict:
+  """`coding_options` less the seed (decoding reads the seed words from the message)."""
+  return {k: v for k, v in options.items() if k != "seed"}
 
 
 def _iw_bpd(out: dict, offset_bpd: float) -> dict:
@@ -491,9 +496,8 @@ class VDMObjective:
     """The inverse of `encode_bits`: int64 levels [num_examples, *data_shape]."""
     from vdm.coding import diffusion as coding
     self.check_codable()
-    options = {k: v for k, v in options.items() if k != "seed"}
     return coding.decode_vdm(*self._coder_args(params), message, num_examples, self.data_shape,
-                             **options)
+                             **_decode_options(options))
 
   def bound(self, params, x, key):
     """Per-example bound terms in bits/dim (one Monte Carlo draw of t and the noise)."""

@@ -319,12 +319,13 @@ def _f64(a):
   return np.asarray(a, dtype=np.float64)
 
 
-def _encode_batch(message, chain, v, delta, grid, low_water):
-  """ENCODE of the module docstring for one batch of levels v [B, ...]; returns ideal [B].
-  low_water: a one-element list, lowered to the fewest message words after any pop."""
+def _encode_batch(message, chain, v, delta, grid):
+  """ENCODE of the module docstring for one batch of levels v [B, ...]; returns (ideal [B],
+  the fewest message words after any pop of the batch)."""
   B = v.shape[0]
   K = chain.num_levels
   ideal = np.zeros(B)
+  low_water = message.num_words()
   per_ex = lambda a: a.reshape(B, -1).sum(axis=1)
   prev = (2.0 * v - (K - 1)) / (K - 1) / delta            # x in grid units (float64)
   k_prev = None
@@ -333,7 +334,7 @@ def _encode_batch(message, chain, v, delta, grid, low_water):
     std_q = ans.canonical_std(np.full(mean_q.shape, chain.forward_std[j] / delta))
     k = ans.pop_gaussian_windowed(message, mean_q, std_q, grid)
     ans.check_not_dry(message, f"latent {j} with q", True)
-    low_water[0] = min(low_water[0], message.num_words())
+    low_water = min(low_water, message.num_words())
     ideal += per_ex(ans.windowed_gaussian_log2prob(k, mean_q, std_q, grid))
     kj = jnp.asarray(k.reshape(v.shape).astype(np.int32))
     if j == 0:
@@ -351,7 +352,7 @@ def _encode_batch(message, chain, v, delta, grid, low_water):
   std_0 = ans.canonical_std(np.full(k_prev.shape, 1.0 / delta))
   ans.push_gaussian_escaped(message, k_prev, mean_0, std_0, grid)
   ideal -= per_ex(ans.escaped_gaussian_log2prob(k_prev, mean_0, std_0, grid))
-  return ideal
+  return ideal, low_water
 
 
 def _decode_batch(message, chain, shape, delta, grid):
@@ -396,10 +397,11 @@ def _encode(chain, data, message, config, delta, grid, batch_size, checksum, see
   seed_bits = message.num_bits()
   ideal = np.zeros(n)
   batch_bits = []
-  low_water = [message.num_words()]
+  low_water = message.num_words()
   for lo, hi in _batches(n, batch_size):
     before = message.num_bits()
-    ideal[lo:hi] = _encode_batch(message, chain, data[lo:hi], delta, grid, low_water)
+    ideal[lo:hi], low = _encode_batch(message, chain, data[lo:hi], delta, grid)
+    low_water = min(low_water, low)
     batch_bits.append(message.num_bits() - before)
   measured = message.num_bits() - seed_bits
   header_bits = 0
@@ -409,7 +411,7 @@ def _encode(chain, data, message, config, delta, grid, batch_size, checksum, see
                     ans.crc32(data.astype(np.int32)))
     header_bits = message.num_bits() - before
   return EncodeResult(ideal, int(measured), np.asarray(batch_bits, np.int64), int(header_bits),
-                      int(seed_bits), message, int(seed_words), max(0, low_water[0] - 2))
+                      int(seed_bits), message, int(seed_words), max(0, low_water - 2))
 
 
 def _decode(chain, message, num_examples, data_shape, config, delta, grid, batch_size,

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import io
 import json
 import os
 import re
@@ -64,7 +65,7 @@ SUFFIX = ".vdmbb"
 FORMAT = "vdm.coding bits-back"
 # Header fields a decoder reads (anything else in the header is informational).
 _HEADER_KEYS = ("format", "objective", "config_sha256", "params_sha256", "step", "num_examples",
-                "data_shape", "num_levels", "coder")
+                "data_shape", "num_levels", "data_dtype", "coder", "seed")
 
 
 class CompressResult(NamedTuple):
@@ -192,9 +193,11 @@ def compress(config: ml_collections.ConfigDict, workdir: str, **kwargs) -> Compr
 
   start = time.perf_counter()
   draws = int(config.coding.bound_draws)
+  # One compiled bound for every draw (lax.map over the draws' keys, not an unrolled loop).
   bound = per_example(
-      run, lambda p, x, k: {"bound_bpd": jnp.mean(jnp.stack([objective.chain_bound(
-          p, x, jax.random.fold_in(k, i)) for i in range(draws)]), axis=0)},
+      run, lambda p, x, k: {"bound_bpd": jax.lax.map(
+          lambda i: objective.chain_bound(p, x, jax.random.fold_in(k, i)),
+          jnp.arange(draws)).mean(axis=0)},
       params, levels, streams.eval_key(config.seed, step), options["batch_size"])["bound_bpd"]
   bound_s = time.perf_counter() - start
   logging.info("compress: the bound of %d examples: %.4f bits/dim (%.1f s)", n, bound.mean(),
@@ -307,16 +310,14 @@ def decompress(config: ml_collections.ConfigDict, workdir: str, path: Optional[s
   start = time.perf_counter()
   levels = _decode_words(restored.run.objective, params, header, words)
   seconds = time.perf_counter() - start
-  levels = levels.astype(np.dtype(header.get("data_dtype", run.dataset.test.dtype.str)))
+  levels = levels.astype(np.dtype(header["data_dtype"]))
   n = int(header["num_examples"])
   test = np.asarray(run.dataset.test[:n])
   same = bool(test.shape == levels.shape and np.array_equal(test, levels))
   out = os.path.splitext(path)[0] + ".decoded.npy"
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(out)), prefix=".tmp-",
-                             suffix=".npy")
-  with os.fdopen(fd, "wb") as f:
-    np.save(f, levels)
-  os.replace(tmp, out)
+  buffer = io.BytesIO()
+  np.save(buffer, levels)
+  os.replace(_write_bytes_atomic(os.path.abspath(out), buffer.getvalue()), out)
   step = int(header["step"])
   record = {"mode": "decompress", "step": step, "file": path, "file_bytes": size,
             "num_examples": n, "decoded": out, "decode_seconds": seconds,
