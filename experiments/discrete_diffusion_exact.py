@@ -31,19 +31,6 @@ import jax.numpy as jnp
 import numpy as np
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("num_vars", 2, "D, number of categorical variables.")
-flags.DEFINE_integer("num_categories", 3, "K, categories per variable.")
-flags.DEFINE_integer("num_steps", 3, "T, number of diffusion steps.")
-flags.DEFINE_enum("schedule", "linear", ["linear", "quad", "const", "jsd", "cosine"],
-                  "Beta schedule (vdm.diffusion.get_beta_schedule).")
-flags.DEFINE_float("beta_start", 0.1, "First beta (linear and quad schedules).")
-flags.DEFINE_float("beta_end", 0.5, "Last beta (linear and quad schedules).")
-flags.DEFINE_integer("seed", 0, "Seed of the data distribution and the random reverse table.")
-flags.DEFINE_float("data_concentration", 1.0, "Dirichlet concentration of p_data over K^D states.")
-flags.DEFINE_float("init_scale", 1.0, "Std of the random reverse-table logits.")
-flags.DEFINE_integer("train_steps", 300, "Adam steps maximizing the exact E[ELBO].")
-flags.DEFINE_float("learning_rate", 0.1, "Adam learning rate.")
-flags.DEFINE_string("output", "results/discrete_diffusion_exact.md", "Markdown report path.")
 
 
 def evaluate(dd, params, states):
@@ -95,44 +82,65 @@ def table(dd, r, p_data):
   return lines
 
 
-def main(argv):
-  del argv
-  jax.config.update("jax_enable_x64", True)
+def build(num_vars=2, num_categories=3, num_steps=3, schedule="linear", beta_start=0.1,
+          beta_end=0.5, seed=0, data_concentration=1.0, init_scale=1.0, train_steps=300,
+          learning_rate=0.1) -> dict:
+  """The diffusion, p_data and the three reverse processes (call under float64).
+
+  Returns {"dd", "betas", "p_data", "entropy" (nats), "states" (the enumerated paths),
+  "num_paths", "settings": [(label, reverse params)], "history" (E[-ELBO] per Adam step),
+  "train_seconds"}. ValueError naming the setting when the paths are too many to enumerate."""
   from vdm import elbo as E
   from vdm.diffusion import oracles as O
   from vdm.diffusion.schedules import get_beta_schedule
-
-  start = time.time()
-  kwargs = ({"beta_start": FLAGS.beta_start, "beta_end": FLAGS.beta_end}
-            if FLAGS.schedule in ("linear", "quad") else {})
-  betas = get_beta_schedule(FLAGS.schedule, FLAGS.num_steps, **kwargs)
-  dd = O.DiscreteDiffusion(FLAGS.num_vars, FLAGS.num_categories, tuple(float(b) for b in betas))
+  kwargs = ({"beta_start": beta_start, "beta_end": beta_end}
+            if schedule in ("linear", "quad") else {})
+  betas = get_beta_schedule(schedule, num_steps, **kwargs)
+  dd = O.DiscreteDiffusion(num_vars, num_categories, tuple(float(b) for b in betas))
   num_paths = dd.num_states**dd.num_steps
   if num_paths > 1 << 20:
-    raise ValueError(f"K^(D T) = {num_paths} paths is too many to enumerate here (at most 2^20); "
-                     "lower num_vars, num_categories or num_steps")
-  rng = np.random.default_rng(FLAGS.seed)
-  p_data = rng.dirichlet(np.full(dd.num_states, FLAGS.data_concentration))
-  entropy = float(-np.sum(p_data * np.log(p_data)))
-  states = E.enumerate_states(dd.num_vars * dd.num_steps, dd.num_categories)
-
-  fixed = O.random_reverse_params(dd, FLAGS.seed, FLAGS.init_scale)
+    raise ValueError(f"num_vars, num_categories, num_steps: K^(D T) = {num_paths} paths is too "
+                     "many to enumerate (at most 2^20); lower one of them")
+  p_data = np.random.default_rng(seed).dirichlet(np.full(dd.num_states, data_concentration))
+  fixed = O.random_reverse_params(dd, seed, init_scale)
   t0 = time.time()
-  trained, hist = O.fit_reverse_table(dd, fixed, p_data, FLAGS.train_steps, FLAGS.learning_rate)
-  hist = np.asarray(hist)
-  train_s = time.time() - t0
-  settings = [("fixed random reverse table", fixed),
-              (f"trained reverse table ({FLAGS.train_steps} Adam steps, lr "
-               f"{FLAGS.learning_rate}, from the fixed one)", trained),
-              ("true reverse process of q under p_data (Bayes)", O.true_reverse_params(dd, p_data))]
+  trained, hist = O.fit_reverse_table(dd, fixed, p_data, train_steps, learning_rate)
+  return {"dd": dd, "betas": np.asarray(betas), "p_data": p_data,
+          "entropy": float(-np.sum(p_data * np.log(p_data))),
+          "states": E.enumerate_states(dd.num_vars * dd.num_steps, dd.num_categories),
+          "num_paths": int(num_paths), "history": np.asarray(hist),
+          "train_seconds": time.time() - t0,
+          "settings": [("fixed random reverse table", fixed),
+                       (f"trained reverse table ({train_steps} Adam steps, lr {learning_rate}, "
+                        "from the fixed one)", trained),
+                       ("true reverse process of q under p_data (Bayes)",
+                        O.true_reverse_params(dd, p_data))]}
+
+
+def max_residual(r: dict) -> float:
+  """The largest |residual| of the four identities over every x0 of `evaluate`'s result."""
+  return max(float(np.max(np.abs(r[k]))) for k in ("res_sum", "res_eq89", "res_kl",
+                                                     "res_chain"))
+
+
+SETTINGS = ("num_vars", "num_categories", "num_steps", "schedule", "beta_start", "beta_end",
+            "seed", "data_concentration", "init_scale", "train_steps", "learning_rate")
+
+
+def main(argv):
+  del argv
+  jax.config.update("jax_enable_x64", True)
+  start = time.time()
+  b = build(**{k: getattr(FLAGS, k) for k in SETTINGS})
+  dd, p_data, entropy, hist = b["dd"], b["p_data"], b["entropy"], b["history"]
 
   cmd = "python -m experiments.discrete_diffusion_exact " + " ".join(sys.argv[1:])
   out = ["Produced by:", "", "```", cmd.strip(), "```", "",
          "# Exact bounds of an enumerable discrete diffusion", "",
          f"D = {dd.num_vars} variables, K = {dd.num_categories} categories (S = {dd.num_states} "
          f"joint states), T = {dd.num_steps} uniform-transition steps, betas "
-         f"{np.array2string(np.asarray(betas), precision=4)} ({FLAGS.schedule}); "
-         f"{num_paths} latent paths x_(1:T) enumerated per x0. p_data ~ Dirichlet("
+         f"{np.array2string(b['betas'], precision=4)} ({FLAGS.schedule}); "
+         f"{b['num_paths']} latent paths x_(1:T) enumerated per x0. p_data ~ Dirichlet("
          f"{FLAGS.data_concentration}) (seed {FLAGS.seed}), entropy H(p_data) = "
          f"{entropy:.10f} nats. All values in nats, float64.", "",
          "Columns: log p(x0) by enumeration; -ELBO by enumeration (Ho et al. eq. 8); "
@@ -143,17 +151,15 @@ def main(argv):
   summary = ["| reverse process | E[-ELBO] | E[-log p(x0)] | E[KL] | H(p_data) | "
              "max abs residual |", "|---|---|---|---|---|---|"]
   sections = []
-  for name, params in settings:
-    r = evaluate(dd, params, states)
-    res = max(float(np.max(np.abs(r[k]))) for k in
-              ("res_sum", "res_eq89", "res_kl", "res_chain"))
+  for name, params in b["settings"]:
+    r = evaluate(dd, params, b["states"])
     summary.append(f"| {name} | {p_data @ r['neg_elbo']:.10f} | {-(p_data @ r['log_px']):.10f}"
-                   f" | {p_data @ r['kl']:.3e} | {entropy:.10f} | {res:.1e} |")
+                   f" | {p_data @ r['kl']:.3e} | {entropy:.10f} | {max_residual(r):.1e} |")
     sections += [f"## {name}", ""] + table(dd, r, p_data) + [""]
   out += ["## Summary", ""] + summary + [
       "", f"Training: E[-ELBO] {hist[0]:.6f} -> {hist[-1]:.6f} nats in {FLAGS.train_steps} "
-      f"steps ({train_s:.2f} s including compilation); total run {time.time() - start:.2f} s.",
-      ""] + sections
+      f"steps ({b['train_seconds']:.2f} s including compilation); total run "
+      f"{time.time() - start:.2f} s.", ""] + sections
   os.makedirs(os.path.dirname(FLAGS.output) or ".", exist_ok=True)
   with open(FLAGS.output, "w") as f:
     f.write("\n".join(out) + "\n")
@@ -161,5 +167,23 @@ def main(argv):
   print(f"wrote {FLAGS.output} in {time.time() - start:.2f} s")
 
 
+def _define_flags():
+  """Flags only when run as a script, so that experiments.exact_bounds imports this module."""
+  flags.DEFINE_integer("num_vars", 2, "D, number of categorical variables.")
+  flags.DEFINE_integer("num_categories", 3, "K, categories per variable.")
+  flags.DEFINE_integer("num_steps", 3, "T, number of diffusion steps.")
+  flags.DEFINE_enum("schedule", "linear", ["linear", "quad", "const", "jsd", "cosine"],
+                    "Beta schedule (vdm.diffusion.get_beta_schedule).")
+  flags.DEFINE_float("beta_start", 0.1, "First beta (linear and quad schedules).")
+  flags.DEFINE_float("beta_end", 0.5, "Last beta (linear and quad schedules).")
+  flags.DEFINE_integer("seed", 0, "Seed of the data distribution and the random reverse table.")
+  flags.DEFINE_float("data_concentration", 1.0, "Dirichlet concentration of p_data over K^D states.")
+  flags.DEFINE_float("init_scale", 1.0, "Std of the random reverse-table logits.")
+  flags.DEFINE_integer("train_steps", 300, "Adam steps maximizing the exact E[ELBO].")
+  flags.DEFINE_float("learning_rate", 0.1, "Adam learning rate.")
+  flags.DEFINE_string("output", "results/discrete_diffusion_exact.md", "Markdown report path.")
+
+
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -36,16 +36,6 @@ MODEL_NAMES = ("bernoulli_mixture", "gaussian_mixture", "sbn", "rbm", "vae_berno
                "vae_gaussian")
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("models", list(MODEL_NAMES), f"Models to run, from {list(MODEL_NAMES)}.")
-flags.DEFINE_integer("num_examples", 300, "Examples per data set.")
-flags.DEFINE_integer("num_steps", 300, "Adam steps maximizing the exact mean ELBO (full batch).")
-flags.DEFINE_float("learning_rate", 0.02, "Adam learning rate.")
-flags.DEFINE_integer("em_iters", 50, "Variational EM iterations (mixtures).")
-flags.DEFINE_integer("num_latents", 8, "Binary latents of the SBN, RBM and binary VAE; "
-                     "components of the Bernoulli mixture = num_latents + 2.")
-flags.DEFINE_integer("seed", 0, "Seed of parameters and synthetic data.")
-flags.DEFINE_bool("x64", True, "Run in float64 (residuals at 1e-12 instead of 1e-5).")
-flags.DEFINE_string("output", "results/elbo_gap.md", "Markdown report path.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -248,28 +238,60 @@ def write_report(path, results, seconds):
   return "\n".join(lines)
 
 
+def check_settings(models, num_latents: int, prefix: str = "--") -> None:
+  """ValueError naming the setting (`prefix` + name) before any model is built."""
+  bad = [m for m in models if m not in MODEL_NAMES]
+  if bad or not models:
+    raise ValueError(f"{prefix}models: unknown or empty {bad or list(models)}; allowed: "
+                     f"{list(MODEL_NAMES)}")
+  if not 1 <= num_latents <= 16:
+    raise ValueError(f"{prefix}num_latents must be in 1..16 (2**num_latents states are "
+                     f"enumerated in NumPy too), got {num_latents}")
+
+
+def run_models(models, num_examples, seed, x64, num_steps, learning_rate, em_iters, num_latents,
+               log=print) -> list:
+  """[(model, rows of `run_model`)] for each model name, on its data set (binarized digits, or
+  the 2-D Gaussian mixture for the continuous models)."""
+  start = time.time()
+  binary = binarized_digits(num_examples)
+  continuous = gaussian_blobs(num_examples, seed)
+  results = []
+  with jax.enable_x64(x64):
+    dtype = jnp.float64 if x64 else jnp.float32
+    key = jax.random.PRNGKey(seed)
+    for i, name in enumerate(models):
+      xs = continuous if name in ("gaussian_mixture", "vae_gaussian") else binary
+      results.append(run_model(name, xs, jax.random.fold_in(key, i), dtype, num_steps,
+                               learning_rate, em_iters, num_latents))
+      log(f"{name}: done at {time.time() - start:.1f} s")
+  return results
+
+
 def main(argv):
   del argv
-  for name in FLAGS.models:
-    if name not in MODEL_NAMES:
-      raise ValueError(f"--models: unknown model {name!r}; allowed: {list(MODEL_NAMES)}")
-  if FLAGS.num_latents < 1 or FLAGS.num_latents > 16:
-    raise ValueError(f"--num_latents must be in 1..16 (2**num_latents states are enumerated "
-                     f"in NumPy too), got {FLAGS.num_latents}")
+  check_settings(FLAGS.models, FLAGS.num_latents)
   start = time.time()
-  binary = binarized_digits(FLAGS.num_examples)
-  continuous = gaussian_blobs(FLAGS.num_examples, FLAGS.seed)
-  results = []
-  with jax.enable_x64(FLAGS.x64):
-    dtype = jnp.float64 if FLAGS.x64 else jnp.float32
-    key = jax.random.PRNGKey(FLAGS.seed)
-    for i, name in enumerate(FLAGS.models):
-      xs = continuous if name in ("gaussian_mixture", "vae_gaussian") else binary
-      results.append(run_model(name, xs, jax.random.fold_in(key, i), dtype, FLAGS.num_steps,
-                               FLAGS.learning_rate, FLAGS.em_iters, FLAGS.num_latents))
-      print(f"{name}: done at {time.time() - start:.1f} s", flush=True)
+  results = run_models(FLAGS.models, FLAGS.num_examples, FLAGS.seed, FLAGS.x64, FLAGS.num_steps,
+                       FLAGS.learning_rate, FLAGS.em_iters, FLAGS.num_latents,
+                       log=lambda m: print(m, flush=True))
   print(write_report(FLAGS.output, results, time.time() - start))
 
 
+def _define_flags():
+  """Flags only when run as a script, so that experiments.exact_bounds imports this module."""
+  flags.DEFINE_list("models", list(MODEL_NAMES), f"Models to run, from {list(MODEL_NAMES)}.")
+  flags.DEFINE_integer("num_examples", 300, "Examples per data set.")
+  flags.DEFINE_integer("num_steps", 300, "Adam steps maximizing the exact mean ELBO (full batch).")
+  flags.DEFINE_float("learning_rate", 0.02, "Adam learning rate.")
+  flags.DEFINE_integer("em_iters", 50, "Variational EM iterations (mixtures).")
+  flags.DEFINE_integer("num_latents", 8, "Binary latents of the SBN, RBM and binary VAE; "
+                       "components of the Bernoulli mixture = num_latents + 2.")
+  flags.DEFINE_integer("seed", 0, "Seed of parameters and synthetic data.")
+  flags.DEFINE_bool("x64", True, "Run in float64 (residuals at 1e-12 instead of 1e-5).")
+  flags.DEFINE_string("output", "results/elbo_gap.md", "Markdown report path.")
+
+
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -26,24 +26,22 @@ and Gaussian data, where every bound can be set beside the exact negative log-li
   python -m experiments.exact_bounds --full_scale       # larger models and T (same code)
   python -m experiments.exact_bounds --config.gaussian.mc_num_examples=20000
 
-Parts (i) and (ii) run in child processes (`python -c`), each importing one of the two reused
-scripts: both define absl flags of the same names (num_steps, seed, output), which cannot meet in
-one process. This module defines its own flags only when run as a script, so the children (and
-tests) can import its functions.
+The results are saved to results/exact_bounds.json and the Markdown is rendered from them;
+`--render_only` redraws the Markdown from the saved JSON without computing. This module defines
+its flags only when run as a script (as do the two reused scripts), so all three import side by
+side.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
-import tempfile
 
 import ml_collections
 import numpy as np
 
-from experiments import common
+from experiments import common, runs
+
+NAME = "exact_bounds"
 
 LN2 = math.log(2.0)
 
@@ -83,92 +81,41 @@ def get_config(full_scale: bool = False) -> ml_collections.ConfigDict:
 
 
 # ===========================================================================================
-# (i) and (ii): the reused scripts, each in its own process.
+# (i) and (ii): the reused scripts' functions.
 
 def elbo_part(cfg: dict) -> list:
-  """Rows of experiments/elbo_gap.py for each model (in this process; imports elbo_gap)."""
-  import jax
-  import jax.numpy as jnp
+  """Rows of experiments/elbo_gap.py for each model, float64, as JSON-able dicts."""
   from experiments import elbo_gap as G
-  bad = [m for m in cfg["models"] if m not in G.MODEL_NAMES]
-  if bad or not cfg["models"]:
-    raise ValueError(f"config field elbo.models: unknown or empty {bad or cfg['models']}; "
-                     f"allowed: {list(G.MODEL_NAMES)}")
-  if not 1 <= cfg["num_latents"] <= 16:
-    raise ValueError(f"config field elbo.num_latents must be in 1..16, got {cfg['num_latents']}")
-  binary = G.binarized_digits(cfg["num_examples"])
-  continuous = G.gaussian_blobs(cfg["num_examples"], cfg["seed"])
+  G.check_settings(cfg["models"], cfg["num_latents"], prefix="config field elbo.")
   out = []
-  with jax.enable_x64(True):
-    key = jax.random.PRNGKey(cfg["seed"])
-    for i, name in enumerate(cfg["models"]):
-      xs = continuous if name in ("gaussian_mixture", "vae_gaussian") else binary
-      model, rows = G.run_model(name, xs, jax.random.fold_in(key, i), jnp.float64,
-                                cfg["num_steps"], cfg["learning_rate"], cfg["em_iters"],
-                                cfg["num_latents"])
-      for r in rows:
-        out.append({"model": G.describe(model), "name": name,
-                    **{k: (bool(v) if isinstance(v, (bool, np.bool_)) else
-                           (float(v) if not isinstance(v, str) else v)) for k, v in r.items()}})
+  results = G.run_models(cfg["models"], cfg["num_examples"], cfg["seed"], True,
+                         cfg["num_steps"], cfg["learning_rate"], cfg["em_iters"],
+                         cfg["num_latents"], log=lambda m: None)
+  for name, (model, rows) in zip(cfg["models"], results):
+    for r in rows:
+      out.append({"model": G.describe(model), "name": name,
+                  **{k: (v if isinstance(v, str) else
+                         bool(v) if isinstance(v, (bool, np.bool_)) else float(v))
+                     for k, v in r.items()}})
   return out
 
 
 def discrete_part(cfg: dict) -> dict:
-  """Summary of experiments/discrete_diffusion_exact.py (in this process; imports it)."""
+  """Summary of experiments/discrete_diffusion_exact.py's three reverse processes (float64)."""
   import jax
-  jax.config.update("jax_enable_x64", True)
   from experiments import discrete_diffusion_exact as X
-  from vdm import elbo as E
-  from vdm.diffusion import oracles as O
-  from vdm.diffusion.schedules import get_beta_schedule
-  kwargs = ({"beta_start": cfg["beta_start"], "beta_end": cfg["beta_end"]}
-            if cfg["schedule"] in ("linear", "quad") else {})
-  betas = get_beta_schedule(cfg["schedule"], cfg["num_steps"], **kwargs)
-  dd = O.DiscreteDiffusion(cfg["num_vars"], cfg["num_categories"],
-                           tuple(float(b) for b in betas))
-  num_paths = dd.num_states**dd.num_steps
-  if num_paths > 1 << 20:
-    raise ValueError(f"config field discrete: K^(D T) = {num_paths} paths is too many to "
-                     "enumerate (at most 2^20)")
-  rng = np.random.default_rng(cfg["seed"])
-  p_data = rng.dirichlet(np.full(dd.num_states, cfg["data_concentration"]))
-  entropy = float(-np.sum(p_data * np.log(p_data)))
-  states = E.enumerate_states(dd.num_vars * dd.num_steps, dd.num_categories)
-  fixed = O.random_reverse_params(dd, cfg["seed"], cfg["init_scale"])
-  trained, hist = O.fit_reverse_table(dd, fixed, p_data, cfg["train_steps"],
-                                      cfg["learning_rate"])
-  rows = []
-  for label, params in (("random reverse table", fixed),
-                        (f"trained reverse table ({cfg['train_steps']} Adam steps)", trained),
-                        ("true reverse process (Bayes)", O.true_reverse_params(dd, p_data))):
-    r = X.evaluate(dd, params, states)
-    res = max(float(np.max(np.abs(r[k]))) for k in ("res_sum", "res_eq89", "res_kl",
-                                                      "res_chain"))
-    rows.append({"reverse": label, "neg_elbo": float(p_data @ r["neg_elbo"]),
-                 "nll": float(-(p_data @ r["log_px"])), "kl": float(p_data @ r["kl"]),
-                 "residual": res})
+  with jax.enable_x64(True):
+    b = X.build(**{k: cfg[k] for k in X.SETTINGS})
+    p_data, rows = b["p_data"], []
+    for label, params in b["settings"]:
+      r = X.evaluate(b["dd"], params, b["states"])
+      rows.append({"reverse": label, "neg_elbo": float(p_data @ r["neg_elbo"]),
+                   "nll": float(-(p_data @ r["log_px"])), "kl": float(p_data @ r["kl"]),
+                   "residual": X.max_residual(r)})
+  dd = b["dd"]
   return {"D": dd.num_vars, "K": dd.num_categories, "T": dd.num_steps,
-          "betas": [float(b) for b in betas], "num_paths": int(num_paths), "entropy": entropy,
-          "rows": rows, "train_history": [float(hist[0]), float(hist[-1])]}
-
-
-def run_child(fn_name: str, cfg: dict, timeout: float = 3600.0):
-  """Run `fn_name(cfg)` of this module in a fresh Python process; returns its JSON result."""
-  with tempfile.TemporaryDirectory() as tmp:
-    out = os.path.join(tmp, "out.json")
-    code = ("import json, sys\n"
-            "from experiments import exact_bounds as m\n"
-            f"res = m.{fn_name}(json.loads(sys.argv[1]))\n"
-            "json.dump(res, open(sys.argv[2], 'w'))\n")
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(cfg), out], cwd=common.REPO,
-                          capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-      last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
-      if last.startswith("ValueError: "):
-        raise ValueError(last[len("ValueError: "):])
-      raise RuntimeError(f"{fn_name} failed in its child process:\n{proc.stderr[-4000:]}")
-    with open(out) as f:
-      return json.load(f)
+          "betas": b["betas"].tolist(), "num_paths": b["num_paths"], "entropy": b["entropy"],
+          "rows": rows, "train_history": [float(b["history"][0]), float(b["history"][-1])]}
 
 
 # ===========================================================================================
@@ -504,46 +451,50 @@ def report(cfg, elbo_rows, disc, gt, mc_rows, seconds_by_part) -> str:
   return "\n".join(out)
 
 
-def main(argv):
-  del argv
-  from absl import flags
-  FLAGS = flags.FLAGS
-  timer = common.Timer()
-  cfg = FLAGS.config
-  if FLAGS.full_scale:
-    overrides = [a[len("--config."):].split("=", 1)[0] for a in sys.argv
-                 if a.startswith("--config.")]
-    full = get_config(full_scale=True)
-    for key in overrides:
-      *parents, leaf = key.split(".")
-      src, dst = cfg, full
-      for p in parents:
-        src, dst = src[p], dst[p]
-      dst[leaf] = src[leaf]
-    cfg = full
+def compute(cfg) -> dict:
+  """Every part's numbers, JSON-able (nats, or bits/dim in the Monte Carlo rows)."""
   check_gaussian_config(cfg.gaussian)
-  seconds = {}
-  t = common.Timer()
+  seconds, t = {}, common.Timer()
   elbo_cfg = cfg.elbo.to_dict()
   elbo_cfg["models"] = list(elbo_cfg["models"])
-  elbo_rows = run_child("elbo_part", elbo_cfg)     # validates the model names first
-  seconds["elbo"] = t.seconds
-  t = common.Timer()
-  disc = run_child("discrete_part", cfg.discrete.to_dict())
-  seconds["discrete"] = t.seconds
-  t = common.Timer()
+  elbo_rows = elbo_part(elbo_cfg)                # validates the model names first
+  seconds["elbo"], t = t.seconds, common.Timer()
+  disc = discrete_part(cfg.discrete.to_dict())
+  seconds["discrete"], t = t.seconds, common.Timer()
   gt = gaussian_tables(cfg.gaussian)
+  gt.update(mu=gt["mu"].tolist(), s=gt["s"].tolist())
   mc_rows = gaussian_mc_checks(cfg.gaussian)
   seconds["gaussian"] = t.seconds
-  body = ((f"Scale: {'FULL (--full_scale)' if FLAGS.full_scale else 'CPU default'}; every part "
+  return {"config": json.loads(cfg.to_json()), "elbo": elbo_rows, "discrete": disc,
+          "gaussian": gt, "mc": [list(r) for r in mc_rows], "part_seconds": seconds}
+
+
+def render(results: dict) -> str:
+  """The Markdown body from `compute`'s results (as saved in exact_bounds.json)."""
+  cfg = ml_collections.ConfigDict(results["config"])
+  full = results.get("full_scale", False)
+  return ((f"Scale: {'FULL (--full_scale)' if full else 'CPU default'}; every part "
            "is exact or closed form except the Monte Carlo rows.\n\n")
-          + report(cfg, elbo_rows, disc, gt, mc_rows, seconds))
-  out = os.path.abspath(FLAGS.output)
-  name = os.path.splitext(os.path.basename(out))[0]
-  path = common.write_result(name, "Exact bounds: enumerable models, enumerable discrete "
-                             "diffusion, Gaussian data", body, timer.seconds,
-                             results_dir=os.path.dirname(out))
-  print(open(path).read())
+          + report(cfg, results["elbo"], results["discrete"], results["gaussian"],
+                   results["mc"], results["part_seconds"]))
+
+
+def main(argv):
+  del argv
+  import sys
+  from absl import flags
+  FLAGS = flags.FLAGS
+  full = (lambda: get_config(full_scale=True)) if FLAGS.full_scale else None
+  cfg = runs.config_from_cli(FLAGS.config, full, sys.argv)
+
+  def compute_checked():
+    results = compute(cfg)
+    results["full_scale"] = bool(FLAGS.full_scale)
+    return results
+
+  common.compute_or_render(
+      NAME, "Exact bounds: enumerable models, enumerable discrete diffusion, Gaussian data",
+      FLAGS.results_dir, FLAGS.render_only, compute_checked, render)
 
 
 def _define_flags():
@@ -552,8 +503,8 @@ def _define_flags():
   config_flags.DEFINE_config_dict("config", get_config(), "Settings of the three parts.")
   flags.DEFINE_bool("full_scale", False, "Larger enumerations and T (get_config(True)); "
                     "--config.* overrides still apply.")
-  flags.DEFINE_string("output", os.path.join(common.RESULTS, "exact_bounds.md"),
-                      "Markdown report path.")
+  flags.DEFINE_string("results_dir", common.RESULTS, "Where exact_bounds.json and .md go.")
+  flags.DEFINE_bool("render_only", False, "Only redraw the Markdown from the saved JSON.")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,24 @@ def test_elbo_gap_smoke(tmp_path):
   assert "BernoulliMixture" in text.split("non-decreasing")[1]
 
 
+def test_discrete_diffusion_exact_smoke(tmp_path):
+  out = tmp_path / "dd.md"
+  run_ok("discrete_diffusion_exact", "--num_vars=1", "--num_categories=3", "--num_steps=2",
+         "--train_steps=5", f"--output={out}")
+  text = out.read_text()
+  rows = table_rows(text, "reverse process")
+  assert len(rows) == 3 and rows[2][0].startswith("true reverse process")
+  for r in rows:
+    neg_elbo, nll, kl, entropy, residual = map(float, r[1:6])
+    assert residual < 1e-9                                  # the identities, float64
+    assert abs(neg_elbo - nll - kl) < 1e-3 * abs(kl) + 1e-9    # KL printed to 4 digits
+    assert neg_elbo >= nll - 1e-12
+  assert abs(float(rows[2][3])) < 1e-9                     # Bayes reverse: tight
+  proc = run("discrete_diffusion_exact", "--num_vars=4", "--num_categories=4", "--num_steps=4",
+             f"--output={out}")
+  assert proc.returncode != 0 and "too many to enumerate" in proc.stderr
+
+
 def test_elbo_derivation_smoke(tmp_path):
   out = tmp_path / "deriv.md"
   flags = ["--num_latents=2", "--data_dim=3", "--seed=1", f"--output={out}"]

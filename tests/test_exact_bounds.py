@@ -1,6 +1,7 @@
 """experiments/exact_bounds.py: a smoke test of the whole script with a tiny config (structure and
 finite numbers of the table, not the scientific result), and its closed-form helpers checked
 against independent computations."""
+import json
 import math
 import os
 import subprocess
@@ -20,7 +21,7 @@ from experiments import exact_bounds as X  # noqa: E402  (flags are defined only
 
 def test_smoke_whole_script(tmp_path):
   out = tmp_path / "exact_bounds.md"
-  flags = [f"--output={out}", "--config.elbo.models=('sbn',)",
+  flags = [f"--results_dir={tmp_path}", "--config.elbo.models=('sbn',)",
            "--config.elbo.num_examples=10", "--config.elbo.num_steps=2",
            "--config.elbo.em_iters=2", "--config.elbo.num_latents=3",
            "--config.discrete.train_steps=3", "--config.gaussian.T_list=(10,100)",
@@ -48,6 +49,14 @@ def test_smoke_whole_script(tmp_path):
   elbo = _table(text, "model")
   assert {r[0] for r in elbo} == {"sbn"}
   assert all(r[-1] == "yes" for r in elbo)                   # ELBO <= log p in every row
+  # The Markdown is the rendering of the saved JSON; --render_only redraws it identically.
+  saved = json.loads((tmp_path / "exact_bounds.json").read_text())
+  assert saved["config"]["elbo"]["models"] == ["sbn"] and len(saved["mc"]) == 4
+  out.unlink()
+  proc = subprocess.run([sys.executable, "-m", "experiments.exact_bounds", f"--results_dir={tmp_path}",
+                         "--render_only"], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert out.read_text() == text
 
 
 def test_vp_schedule_is_ddpms_linear_schedule_at_T_1000():
@@ -109,6 +118,12 @@ def test_bad_settings_raise():
     X.check_gaussian_config(g)
   with pytest.raises(ValueError, match="config field gaussian"):
     X.gaussian_data(0, 0.1, 0.2, 0)
-  with pytest.raises(ValueError, match="elbo.models.*allowed"):
-    X.run_child("elbo_part", {"models": ["nope"], "num_latents": 3, "num_examples": 4,
-                              "seed": 0, "num_steps": 1, "learning_rate": 0.1, "em_iters": 1})
+  with pytest.raises(ValueError, match="config field elbo.models.*allowed"):
+    X.elbo_part({"models": ["nope"], "num_latents": 3, "num_examples": 4,
+                 "seed": 0, "num_steps": 1, "learning_rate": 0.1, "em_iters": 1})
+  with pytest.raises(ValueError, match="config field elbo.num_latents"):
+    X.elbo_part({"models": ["sbn"], "num_latents": 17, "num_examples": 4,
+                 "seed": 0, "num_steps": 1, "learning_rate": 0.1, "em_iters": 1})
+  with pytest.raises(ValueError, match="num_steps.*too many to enumerate"):
+    X.discrete_part({**X.get_config().discrete.to_dict(), "num_vars": 4, "num_categories": 4,
+                     "num_steps": 4})

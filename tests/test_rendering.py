@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from experiments import compression, likelihoods
+from experiments import compression, exact_bounds, likelihoods
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,6 +20,7 @@ def _committed(name):
 
 @pytest.mark.parametrize("name, render", [
     ("compression", compression.render),
+    ("exact_bounds", exact_bounds.render),
     ("likelihoods", None),
 ])
 def test_committed_markdown_is_the_rendering_of_the_committed_json(name, render, tmp_path):
