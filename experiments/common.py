@@ -173,6 +173,9 @@ def compute_or_render(name: str, title: str, results_dir: str, render_only: bool
   os.makedirs(results_dir, exist_ok=True)
   json_path = os.path.join(results_dir, f"{name}.json")
   if render_only:
+    if not os.path.exists(json_path):
+      raise FileNotFoundError(f"--render_only: no saved results {json_path}; run the "
+                              "experiment without --render_only first")
     with open(json_path) as f:
       results = json.load(f)
   else:
@@ -183,15 +186,39 @@ def compute_or_render(name: str, title: str, results_dir: str, render_only: bool
     with open(tmp, "w") as f:
       json.dump(results, f, indent=1)
     os.replace(tmp, json_path)
+  path = write_rendered(name, title, results_dir, results, render)
+  print(f"wrote {path}")
+  return path
+
+
+def write_rendered(name: str, title: str, results_dir: str, results: dict, render) -> str:
+  """<results_dir>/<name>.md from render(results); the header keeps the command, machine and
+  wall time recorded in results (a re-rendering keeps the computing run's header), or this
+  process's while they are absent (a progress rendering of partial results)."""
   body = render(results)
-  # A re-rendering keeps the header of the run that computed the numbers.
   machine = results.get("machine")
   path = write_result(name, title, body, results.get("seconds"), results_dir,
                       command=results.get("command"),
                       machine=machine if isinstance(machine, str) else None)
   print(body)
-  print(f"wrote {path}")
   return path
+
+
+def define_paper_flags(config_file: str, workdir_root: str, full_scale: str = "") -> None:
+  """The flags of a paper script (defined when run as a script): --config
+  (configs/paper/<config_file>), --workdir_root (workdirs/<workdir_root>: one directory per
+  run), --results_dir, --render_only, and --full_scale (help text `full_scale`) if given."""
+  from absl import flags
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("config", os.path.join(REPO, "configs", "paper", config_file),
+                                  "CPU-scale base config of the runs.", lock_config=False)
+  flags.DEFINE_string("workdir_root", os.path.join("workdirs", workdir_root),
+                      "Root of the run directories (one per run, named by its config).")
+  flags.DEFINE_string("results_dir", RESULTS, "Where the JSON, Markdown and figures go.")
+  flags.DEFINE_bool("render_only", False, "Only redraw the Markdown and figures from the "
+                    "saved JSON (no training, no evaluation).")
+  if full_scale:
+    flags.DEFINE_bool("full_scale", False, full_scale)
 
 
 def save_figure(fig, path: str, dpi: int = 110) -> str:

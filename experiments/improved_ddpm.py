@@ -31,19 +31,22 @@ The CPU-scale base is configs/paper/improved_ddpm_digits.py (--config). --full_s
 flags); `--config.*` overrides given on the command line are applied to it too (both configs
 share the fields of configs/base.py). Runs live in --workdir_root/<run>-<config fingerprint>
 (experiments.runs): a rerun with the same settings reuses every finished run (no retraining, no
-re-evaluation), and an interrupted run resumes from its checkpoint. Writes --output (Markdown) and a PNG beside it.
+re-evaluation), and an interrupted run resumes from its checkpoint. Writes
+<results_dir>/improved_ddpm.json (every number of the table), the Markdown rendered from it
+(after every run, so a long table shows its finished rows early) and the figure;
+`--render_only` redraws both from the saved JSON.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 
 from absl import app, flags, logging
 import ml_collections
-from ml_collections import config_flags
 import numpy as np
 
-from experiments import common, runs
+from experiments import common, runs, stats
 
 SCHEDULES = ("linear", "cosine")
 OBJECTIVES = ("simple", "hybrid", "vlb")
@@ -71,24 +74,20 @@ PAPER_CIFAR10 = {"linear_simple": 3.37, "linear_hybrid": 3.26, "linear_vlb": Non
 PAPER_IMAGENET64 = {"linear_simple": 3.77, "linear_hybrid": 3.66, "linear_vlb": None,
                     "cosine_simple": 3.68, "cosine_hybrid": 3.62, "cosine_vlb": 3.57}
 
-DEFAULT_CONFIG = os.path.join(common.REPO, "configs", "paper", "improved_ddpm_digits.py")
+NAME = "improved_ddpm"
+TITLE = "Improved DDPM: L_simple vs L_hybrid vs L_vlb, linear vs cosine schedule (NLL bound)"
 
 FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
   """The command-line flags (defined only when run as a script: importing has no effects)."""
-  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG,
-                                  "CPU-scale base config (every run derives from it).")
-  flags.DEFINE_bool("full_scale", False, "Use the paper's CIFAR-10 settings (GPU/TPU), "
-                    "full_scale_config(), instead of --config.")
-  flags.DEFINE_string("workdir_root", "workdirs/improved_ddpm",
-                      "Runs go to <root>/<run>-<config fingerprint>.")
+  common.define_paper_flags("improved_ddpm_digits.py", "improved_ddpm",
+                            full_scale="Use the paper's CIFAR-10 settings (GPU/TPU), "
+                            "full_scale_config(), instead of --config.")
   flags.DEFINE_list("runs", list(RUNS), f"Runs of the table, from {list(RUNS)}.")
   flags.DEFINE_bool("vlb_uniform", True, f"Also train {VLB_UNIFORM} (L_vlb with uniform "
                     "timesteps) to compare the noise of the L_vlb estimate.")
-  flags.DEFINE_string("output", os.path.join(common.RESULTS, "improved_ddpm.md"),
-                      "Markdown report; the figure goes beside it (.png).")
 
 
 def parse_runs(runs, vlb_uniform: bool) -> list:
@@ -218,10 +217,11 @@ def fmt(value, digits: int = 3) -> str:
   return f"{value:.{digits}f}"
 
 
-def verdict(ok: bool, *values) -> str:
+def ordering(ok: bool, *values) -> str:
+  """The verdict on an ordering of single-seed numbers: not resolved when one is missing."""
   if not all(np.isfinite(v) for v in values):
-    return "n/a (a run is missing or diverged)"
-  return "holds" if ok else "does not hold"
+    return stats.verdict(None) + " (a run is missing or diverged)"
+  return stats.verdict(ok)
 
 
 def conclusions(nll: dict) -> list:
@@ -237,16 +237,16 @@ def conclusions(nll: dict) -> list:
   for s in SCHEDULES:
     vlb, hyb, sim = get(f"{s}_vlb"), get(f"{s}_hybrid"), get(f"{s}_simple")
     out.append((f"{s}: L_vlb (importance-sampled) gives the best NLL",
-                verdict(vlb < hyb and vlb < sim, vlb, hyb, sim),
+                ordering(vlb < hyb and vlb < sim, vlb, hyb, sim),
                 f"L_vlb {fmt(vlb)}, L_hybrid {fmt(hyb)}, L_simple {fmt(sim)}"))
   for s in SCHEDULES:
     hyb, sim = get(f"{s}_hybrid"), get(f"{s}_simple")
-    out.append((f"{s}: L_hybrid beats L_simple in NLL", verdict(hyb < sim, hyb, sim),
+    out.append((f"{s}: L_hybrid beats L_simple in NLL", ordering(hyb < sim, hyb, sim),
                 f"L_hybrid {fmt(hyb)} vs L_simple {fmt(sim)}"))
   for o in OBJECTIVES:
     cos, lin = get(f"cosine_{o}"), get(f"linear_{o}")
     out.append((f"{OBJECTIVE_NAMES[o]}: cosine beats linear in NLL",
-                verdict(cos < lin, cos, lin),
+                ordering(cos < lin, cos, lin),
                 f"cosine {fmt(cos)} vs linear {fmt(lin)}"))
   return out
 
@@ -386,8 +386,8 @@ def report(base, full_scale: bool, records: dict, fig_path: str, fig_ok: bool) -
   claims = conclusions(nll)
   lines += [common.markdown_table(["claim (paper: holds)", "ours", "numbers (bits/dim)"],
                                   [list(c) for c in claims]), ""]
-  held = sum(c[1] == "holds" for c in claims)
-  failed = sum(c[1] == "does not hold" for c in claims)
+  held = sum(c[1] == stats.HOLDS for c in claims)
+  failed = sum(c[1] == stats.FAILS for c in claims)
   lines += [f"{held} of {len(claims)} orderings hold here, {failed} do not"
             f"{'' if held + failed == len(claims) else ', the rest cannot be judged'}. One "
             f"seed per cell and "
@@ -420,57 +420,70 @@ def report(base, full_scale: bool, records: dict, fig_path: str, fig_ok: bool) -
   done = [rec["info"]["seconds"] for rec in records.values() if rec.get("info")]
   lines += [f"Compute of the finished runs: {sum(done) / 60:.1f} min in all (train + eval, "
             f"summed over runs, as measured when each run was made; 'run min' above). The "
-            f"wall time at the top is this invocation's plus the recorded time of the runs it "
-            f"reused (status 'reused').", ""]
+            f"wall time at the top is the invocation's that computed these results (runs it "
+            f"reused, status 'reused', took no time there).", ""]
   lines += ["Runs (checkpoints, metrics.jsonl, eval/bound_<step>.json with every term):", ""]
-  lines += [f"- `{run}`: `{rec['workdir']}`" for run, rec in records.items()]
+  lines += [f"- `{run}`: `{rec['workdir']}`" for run, rec in records.items() if rec]
   return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------
 
+def record(r: runs.Run) -> dict:
+  """One run's entry of the results: its record (`train_run`), bound summary and terms,
+  per-step training loss and the loss-noise statistics (JSON-able)."""
+  info = train_run(r)
+  metrics = [{"step": m["step"], "loss": m["loss"]} for m in r.train_metrics() if "loss" in m]
+  bound = None
+  if info["status"] == "ok":
+    b = r.bound()
+    bound = {"summary": b["summary"], "terms": {"vb": b["terms"]["vb"]}}
+  return {"workdir": r.workdir, "info": info, "bound": bound, "metrics": metrics,
+          "noise": loss_noise(metrics) if metrics else None}
+
+
+def compute(base, names: list, full_scale: bool, workdir_root: str, progress=None) -> dict:
+  """Train (or reuse) every run of `names` and gather the table's numbers. Every run's config
+  is checked (trainer fields, data, objective) before any training. progress(results) is
+  called after each run with the results so far."""
+  configs = {run: run_config(base, run, full_scale) for run in names}
+  from vdm import data as data_lib, objectives, train
+  for config in configs.values():
+    train.validate_config(config)
+  dataset = data_lib.load_dataset(base.data)
+  for config in configs.values():
+    objectives.build_objective(config, dataset.shape, dataset.num_levels)
+  results = {"config": json.loads(base.to_json()), "full_scale": bool(full_scale),
+             "records": {run: {} for run in names}}
+  for run, config in configs.items():
+    r = run_of(workdir_root, run, config)
+    logging.info("=== %s -> %s", run, r.workdir)
+    results["records"][run] = rec = record(r)
+    logging.info("%s: %s", run, rec["bound"]["summary"] if rec["bound"] else rec["info"])
+    if progress is not None:
+      progress(results)
+  return results
+
+
+def render(results: dict, results_dir: str) -> str:
+  """The Markdown body (and the figure <results_dir>/improved_ddpm.png) from the results."""
+  base = ml_collections.ConfigDict(results["config"])
+  fig_path = os.path.join(results_dir, NAME + ".png")
+  fig_ok = plot(fig_path, results["records"], base.training.num_steps)
+  return report(base, results["full_scale"], results["records"], fig_path, fig_ok)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  runs = parse_runs(list(FLAGS.runs), FLAGS.vlb_uniform)
+  names = parse_runs(list(FLAGS.runs), FLAGS.vlb_uniform)
   base = base_config(FLAGS.config, FLAGS.full_scale, sys.argv)
-  configs = {run: run_config(base, run, FLAGS.full_scale) for run in runs}
-  # Validate every run (data, objective, trainer fields) before any training.
-  from vdm import data as data_lib, objectives, train
-  for run, config in configs.items():
-    train.validate_config(config)
-  dataset = data_lib.load_dataset(base.data)
-  for run, config in configs.items():
-    objectives.build_objective(config, dataset.shape, dataset.num_levels)
-
-  timer = common.Timer()
-  handles = {run: run_of(FLAGS.workdir_root, run, config) for run, config in configs.items()}
-  records = {run: {"workdir": h.workdir} for run, h in handles.items()}
-  for run, h in handles.items():
-    rec = records[run]
-    logging.info("=== %s -> %s", run, rec["workdir"])
-    info = train_run(h)
-    rec.update(info=info, metrics=h.train_metrics(), bound=None)
-    if info["status"] == "ok":
-      rec["bound"] = h.bound()
-    rec["noise"] = loss_noise(rec["metrics"]) if rec["metrics"] else None
-    logging.info("%s: %s", run, rec["bound"]["summary"] if rec["bound"] else info)
-    # The report after every run: a long table shows its finished rows early.
-    # Wall time of the table: this invocation plus the recorded time of the runs it reused.
-    reused = sum(r["info"]["seconds"] for r in records.values()
-                 if r.get("info") and r["info"].get("reused"))
-    path = write_report(base, records, timer.seconds + reused)
-  print(f"wrote {path}")
-
-
-def write_report(base, records: dict, seconds: float) -> str:
-  fig_path = os.path.splitext(FLAGS.output)[0] + ".png"
-  fig_ok = plot(fig_path, records, base.training.num_steps)
-  body = report(base, FLAGS.full_scale, records, fig_path, fig_ok)
-  out_dir = os.path.dirname(os.path.abspath(FLAGS.output))
-  name = os.path.splitext(os.path.basename(FLAGS.output))[0]
-  return common.write_result(name, "Improved DDPM: L_simple vs L_hybrid vs L_vlb, linear vs "
-                             "cosine schedule (NLL bound)", body, seconds, results_dir=out_dir)
+  draw = lambda results: render(results, FLAGS.results_dir)
+  # After every run the table so far: a long table shows its finished rows early.
+  progress = lambda results: common.write_rendered(NAME, TITLE, FLAGS.results_dir, results, draw)
+  common.compute_or_render(
+      NAME, TITLE, FLAGS.results_dir, FLAGS.render_only,
+      lambda: compute(base, names, FLAGS.full_scale, FLAGS.workdir_root, progress), draw)
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ NLL = "ours: NLL bound (bits/dim)"
 def test_smoke_one_real_run_and_reuse(tmp_path):
   out = tmp_path / "improved_ddpm.md"
   flags = ["--runs=cosine_vlb", "--novlb_uniform", f"--workdir_root={tmp_path / 'w'}",
-           f"--output={out}", *TINY_FLAGS]
+           f"--results_dir={tmp_path}", *TINY_FLAGS]
   run_script(*flags)
   text = out.read_text()
   assert text.startswith("# Improved DDPM")
@@ -108,7 +108,7 @@ def test_smoke_one_real_run_and_reuse(tmp_path):
   assert (workdir / "checkpoints").is_dir()
   # The other runs are missing, so no ordering can be judged.
   _, claims = table(text, "claim (paper: holds)")
-  assert len(claims) == 7 and all(c[1].startswith("n/a") for c in claims)
+  assert len(claims) == 7 and all(c[1].startswith("not resolved") for c in claims)
   png = out.with_suffix(".png").read_bytes()
   assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -170,8 +170,8 @@ def test_full_table_report_from_finished_runs(tmp_path):
   losses = {r: rng.normal(3.0, 0.1, size=40) for r in ALL_RUNS}
   losses["cosine_vlb_uniform"] = rng.normal(3.0, 2.0, size=40)
   made = fake_finished_runs(str(tmp_path / "w"), base, totals, losses)
-  out = tmp_path / "report.md"
-  flags = [f"--workdir_root={tmp_path / 'w'}", f"--output={out}", *TINY_FLAGS,
+  out = tmp_path / "improved_ddpm.md"
+  flags = [f"--workdir_root={tmp_path / 'w'}", f"--results_dir={tmp_path}", *TINY_FLAGS,
            "--config.training.num_steps=40"]
   run_script(*flags, timeout=300)
   text = out.read_text()
@@ -228,7 +228,7 @@ def test_full_table_report_from_finished_runs(tmp_path):
       t["cosine_simple"] < t["linear_simple"], t["cosine_hybrid"] < t["linear_hybrid"],
       t["cosine_vlb"] < t["linear_vlb"]]
   _, claims = table(text, "claim (paper: holds)")
-  assert [c[1] for c in claims] == ["holds" if e else "does not hold" for e in expected]
+  assert [c[1] for c in claims] == ["holds" if e else "does NOT hold" for e in expected]
   assert f"{sum(expected)} of 7 orderings hold here, {7 - sum(expected)} do not" in text
 
   # The loss-noise comparison: std of the per-batch loss over the second half of training.
@@ -244,6 +244,16 @@ def test_full_table_report_from_finished_runs(tmp_path):
         math.sqrt(sum((b - a) ** 2 for a, b in zip(half[:-1], half[1:])) / 19 / 2), abs=6e-4)
   assert "than importance-sampled: **yes**" in text
   assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+  # Rendering is a separate step: --render_only redraws the same Markdown from the saved JSON
+  # (no run directory needed).
+  saved = json.loads((tmp_path / "improved_ddpm.json").read_text())
+  assert sorted(saved["records"]) == sorted(ALL_RUNS)
+  out.unlink()
+  (tmp_path / "improved_ddpm.png").unlink()
+  run_script(f"--results_dir={tmp_path}", "--render_only", f"--workdir_root={tmp_path / 'none'}",
+             timeout=300)
+  assert out.read_text() == text and not (tmp_path / "none").exists()
+  assert (tmp_path / "improved_ddpm.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_diverged_run_is_reported_and_orderings_left_open(tmp_path):
@@ -252,8 +262,8 @@ def test_diverged_run_is_reported_and_orderings_left_open(tmp_path):
   totals = {r: 3.0 + 0.1 * i for i, r in enumerate(ALL_RUNS)}
   losses = {r: np.linspace(4.0, 3.0, 40) for r in ALL_RUNS}
   fake_finished_runs(str(tmp_path / "w"), base, totals, losses, diverged=("cosine_vlb",))
-  out = tmp_path / "report.md"
-  run_script(f"--workdir_root={tmp_path / 'w'}", f"--output={out}", *TINY_FLAGS,
+  out = tmp_path / "improved_ddpm.md"
+  run_script(f"--workdir_root={tmp_path / 'w'}", f"--results_dir={tmp_path}", *TINY_FLAGS,
              "--config.training.num_steps=40", "--novlb_uniform", timeout=300)
   text = out.read_text()
   headers, rows = table(text, "schedule")
@@ -263,10 +273,10 @@ def test_diverged_run_is_reported_and_orderings_left_open(tmp_path):
       "cosine", "L_vlb", "diverged (reused)", "nan")
   _, claims = table(text, "claim (paper: holds)")
   verdicts = dict((c[0], c[1]) for c in claims)
-  assert verdicts["cosine: L_vlb (importance-sampled) gives the best NLL"].startswith("n/a")
-  assert verdicts["L_vlb: cosine beats linear in NLL"].startswith("n/a")
+  assert verdicts["cosine: L_vlb (importance-sampled) gives the best NLL"].startswith("not resolved")
+  assert verdicts["L_vlb: cosine beats linear in NLL"].startswith("not resolved")
   # linear_simple 3.0 < linear_hybrid 3.1: L_hybrid does not beat L_simple.
-  assert verdicts["linear: L_hybrid beats L_simple in NLL"] == "does not hold"
+  assert verdicts["linear: L_hybrid beats L_simple in NLL"] == "does NOT hold"
 
 
 # ------------------------------------------------------------------------------------------
