@@ -36,24 +36,27 @@ bound, averaged (as a variance) over the test examples.
 applied to it and experiment.full_scale_num_draws draws (meant for a GPU/TPU machine; the
 evaluation runs on the first local device). Runs live in
 --workdir_root/<run>-<config fingerprint> (experiments.runs): a rerun reuses finished runs and resumes unfinished ones.
-Writes --output (Markdown, via experiments/common.py) and a PNG beside it.
+Writes <results_dir>/vdm_paper.json (every statistic of the tables), the Markdown rendered from
+it and the figure; `--render_only` redraws both from the saved JSON.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 import ml_collections
-from ml_collections import config_flags
 import numpy as np
 
 from experiments import common
 from experiments import runs as runs_lib
 from experiments.stats import mc_summary, paired_difference, variance_ratio, verdict
 
-DEFAULT_CONFIG = os.path.join(common.REPO, "configs", "paper", "vdm_digits.py")
+NAME = "vdm_paper"
+TITLE = ("VDM (Kingma et al. 2021): discrete vs continuous time, schedule invariance, learned "
+         "vs fixed schedule")
 ALT_SCHEDULES = ("cosine", "quadratic")
 RUNS = ("learned_linear", "fixed_linear")
 
@@ -199,54 +202,135 @@ def ratio_text(r: dict) -> str:
   return f"{r['ratio']:.3f} ± {r['se']:.3f} ({word})"
 
 
-def pm(mean: float, se: float, digits: int = 4) -> str:
-  return f"{mean:.{digits}f} ± {se:.{digits}f}"
+def pm(estimate: dict, digits: int = 4) -> str:
+  """'mean ± se' of a {"mean", "se", ...} dict (stats.mc_summary, paired_difference)."""
+  return f"{estimate['mean']:.{digits}f} ± {estimate['se']:.{digits}f}"
 
 
 # ------------------------------------------------------------------------------------------
 # Training runs.
 
 def train_run(r: runs_lib.Run) -> dict:
-  """Train (or reuse) one run (experiments.runs); returns params, eval summary and curve."""
+  """Train (or reuse) one run (experiments.runs); returns params, its record and loss curve."""
   status = r.ensure_trained()
   if status["state"] != "trained":
     raise RuntimeError(f"run {r.name} diverged ({status.get('message')}); the table needs it")
   curve = [(m["step"], m["loss"]) for m in r.train_metrics() if "loss" in m]
-  return {"run": r.name, "workdir": r.workdir, "params": r.ema_params(),
-          "summary": r.bound()["summary"], "curve": curve, "seconds": status["train_seconds"],
-          "reused": not status["trained_now"], "step": r.num_steps}
+  return {"run": r.name, "workdir": r.workdir, "params": r.ema_params(), "curve": curve,
+          "seconds": status["train_seconds"], "reused": not status["trained_now"]}
 
 
 # ------------------------------------------------------------------------------------------
-# Report.
+# The table: Monte Carlo statistics of every setting (a JSON-able results dict).
 
-def gamma_curves_figure(path: str, learned_fn, learned_params, fixed_ends, ends, alt_names,
-                        runs) -> str:
-  """Two panels: gamma(t) of the schedules, and the training loss of each run."""
+def compute(config, workdir_root: str, full_scale: bool) -> dict:
+  """Train (or reuse) the runs, then the paired Monte Carlo statistics of (a), (b) and (c)."""
+  import jax
   import jax.numpy as jnp
+  from vdm import data as data_lib, objectives, train as train_lib
+  x_cfg = config.experiment
+  check_experiment(x_cfg)
+  run_names = list(RUNS) if x_cfg.train_fixed else ["learned_linear"]
+  configs = {r: run_config(config, r) for r in run_names}
+  for c in configs.values():        # fail fast, before any compilation
+    train_lib.validate_config(c)
+  dataset = data_lib.load_dataset(configs["learned_linear"].data)
+  runs = {}
+  for r in run_names:
+    wd = runs_lib.run_dir(workdir_root, r, configs[r],
+                          legacy=(runs_lib.legacy_dir(workdir_root, r, configs[r]),))
+    runs[r] = train_run(runs_lib.Run(r, configs[r], wd, dataset))
+  obj = {r: objectives.build_objective(configs[r], dataset.shape, dataset.num_levels)
+         for r in run_names}
+  n = x_cfg.num_examples or dataset.test.shape[0]
+  x = obj["learned_linear"].encode(jnp.asarray(dataset.test[:n]))
+  key = jax.random.PRNGKey(x_cfg.seed)
+  M, bs = int(x_cfg.num_draws), int(x_cfg.eval_batch_size)
+  timer = common.Timer()
+  ends_of = lambda fn, params: [float(fn(params, jnp.zeros(()))), float(fn(params, jnp.ones(())))]
+
+  # (a) one model, T = discrete_T..., and continuous time (T = 0), paired draws.
+  lo, lp = obj["learned_linear"], runs["learned_linear"]["params"]
+  settings = list(x_cfg.discrete_T) + [0]
+  draws_a = {T: mc_draws(make_draw_fn(lo, lo.gamma_fn, T), lp["denoiser"], lp["gamma"], x, key,
+                         M, bs) for T in settings}
+  cont = draws_a[0]
+  a = [{"T": T, "bound": mc_summary(draws_a[T]["loss"]),
+        "diffusion": mc_summary(draws_a[T]["loss_diff"]),
+        "minus_continuous": paired_difference(draws_a[T]["loss"], cont["loss"]) if T else None}
+       for T in settings]
+  order = [{"T1": T1, "T2": T2, **paired_difference(draws_a[T1]["loss"], draws_a[T2]["loss"])}
+           for T1, T2 in zip(settings[:-1], settings[1:])]
+
+  # (b) the same denoiser, continuous time, other schedules with the same endpoints.
+  g_ends = ends_of(lo.gamma_fn, lp["gamma"])
+  ends = jnp.asarray(g_ends, jnp.float32)
+  b = []
+  for name in x_cfg.alt_schedules:
+    dr = mc_draws(make_draw_fn(lo, alt_gamma(name), 0), lp["denoiser"], ends, x, key, M, bs)
+    b.append({"schedule": name, "ends": ends_of(alt_gamma(name), ends),
+              "bound": mc_summary(dr["loss"]), "diffusion": mc_summary(dr["loss_diff"]),
+              "minus_own": paired_difference(dr["loss"], cont["loss"]),
+              "variance_ratio": variance_ratio(dr["loss_diff"], cont["loss_diff"])})
+
+  # (c) the fixed-schedule model, continuous time, same keys.
+  draws_c = {"learned_linear": cont}
+  if "fixed_linear" in runs:
+    fo, fp = obj["fixed_linear"], runs["fixed_linear"]["params"]
+    draws_c["fixed_linear"] = mc_draws(make_draw_fn(fo, fo.gamma_fn, 0), fp["denoiser"],
+                                       fp["gamma"], x, key, M, bs)
+  c = {r: {"ends": ends_of(obj[r].gamma_fn, runs[r]["params"]["gamma"]),
+           **{k: mc_summary(dr[k]) for k in ("loss", "loss_recon", "loss_klz", "loss_diff")}}
+       for r, dr in draws_c.items()}
+  compare = None
+  if "fixed_linear" in draws_c:
+    lin, fix = draws_c["learned_linear"], draws_c["fixed_linear"]
+    compare = {"difference": paired_difference(lin["loss"], fix["loss"]),
+               "variance_ratio": variance_ratio(lin["loss"], fix["loss"]),
+               "variance_ratio_diffusion": variance_ratio(lin["loss_diff"], fix["loss_diff"])}
+  eval_seconds = timer.seconds
+
+  t = jnp.linspace(0.0, 1.0, 201)
+  curves = {"t": np.asarray(t).tolist(),
+            "learned_linear": np.asarray(lo.gamma_fn(lp["gamma"], t)).tolist(),
+            **{name: np.asarray(alt_gamma(name)(ends, t)).tolist()
+               for name in x_cfg.alt_schedules}}
+  return {"config": json.loads(config.to_json()), "full_scale": bool(full_scale),
+          "data": {"name": dataset.name, "shape": list(dataset.shape),
+                   "num_levels": int(dataset.num_levels), "num_train": int(dataset.train.shape[0]),
+                   "num_test": int(n)},
+          "runs": {r: {k: v[k] for k in ("workdir", "curve", "seconds", "reused")}
+                   for r, v in runs.items()},
+          "eval_seconds": eval_seconds, "gamma_ends": g_ends, "a": a, "order": order, "b": b,
+          "c": c, "learned_vs_fixed": compare, "gamma_curves": curves}
+
+
+# ------------------------------------------------------------------------------------------
+# Rendering (from the results alone).
+
+def gamma_curves_figure(path: str, results: dict) -> str:
+  """Two panels: gamma(t) of the schedules, and the training loss of each run."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  t = np.linspace(0.0, 1.0, 201)
+  curves, v = results["gamma_curves"], results["config"]["vdm"]
+  t = np.asarray(curves["t"])
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   ax = axes[0]
-  ax.plot(t, np.asarray(learned_fn(learned_params, jnp.asarray(t, jnp.float32))),
-          label="learned_linear (trained)", lw=2)
-  ax.plot(t, fixed_ends[0] + (fixed_ends[1] - fixed_ends[0]) * t, "--",
+  ax.plot(t, curves["learned_linear"], label="learned_linear (trained)", lw=2)
+  ax.plot(t, v["gamma_min"] + (v["gamma_max"] - v["gamma_min"]) * t, "--",
           label="fixed_linear", lw=2)
-  for name in alt_names:
-    ax.plot(t, np.asarray(alt_gamma(name)(jnp.asarray(ends, jnp.float32),
-                                          jnp.asarray(t, jnp.float32))),
-            ":", label=f"{name} (learned endpoints)")
+  for name in results["config"]["experiment"]["alt_schedules"]:
+    ax.plot(t, curves[name], ":", label=f"{name} (learned endpoints)")
   ax.set_xlabel("t")
   ax.set_ylabel("gamma(t) = -log SNR(t)")
   ax.set_title("log-SNR schedules")
   ax.legend(fontsize=8)
   ax = axes[1]
-  for r in runs:
+  for name, r in results["runs"].items():
     if r["curve"]:
       s, l = np.array(r["curve"]).T
-      ax.plot(s, l, label=r["run"], lw=1)
+      ax.plot(s, l, label=name, lw=1)
   ax.set_xlabel("training step")
   ax.set_ylabel("training loss (bits/dim, batch mean)")
   ax.set_yscale("log")
@@ -255,168 +339,77 @@ def gamma_curves_figure(path: str, learned_fn, learned_params, fixed_ends, ends,
   return common.save_figure(fig, path, dpi=100)
 
 
+def _z(d: dict) -> float:
+  return d["mean"] / d["se"] if d["se"] > 0 else float("inf")
 
 
-def main(argv):
-  FLAGS = flags.FLAGS
-  import jax
-  import jax.numpy as jnp
-  from vdm import data as data_lib
-  from vdm import objectives
-
-  timer = common.Timer()
-  config = base_config(FLAGS.config, FLAGS.full_scale, sys.argv)
-  x_cfg = config.experiment
-  check_experiment(x_cfg)
-  run_names = list(RUNS) if x_cfg.train_fixed else ["learned_linear"]
-  configs = {r: run_config(config, r) for r in run_names}
-  from vdm import train as train_lib
-  for c in configs.values():        # fail fast, before any compilation
-    train_lib.validate_config(c)
-  dataset = data_lib.load_dataset(configs["learned_linear"].data)
-
-  runs = {}
-  for r in run_names:
-    wd = runs_lib.run_dir(FLAGS.workdir_root, r, configs[r],
-                          legacy=(runs_lib.legacy_dir(FLAGS.workdir_root, r, configs[r]),))
-    logging.info("run %s in %s", r, wd)
-    runs[r] = train_run(runs_lib.Run(r, configs[r], wd, dataset))
-
-  obj = {r: objectives.build_objective(configs[r], dataset.shape, dataset.num_levels)
-         for r in run_names}
-  n = x_cfg.num_examples or dataset.test.shape[0]
-  x = obj["learned_linear"].encode(jnp.asarray(dataset.test[:n]))
-  key = jax.random.PRNGKey(x_cfg.seed)
-  M, bs = int(x_cfg.num_draws), int(x_cfg.eval_batch_size)
-  eval_timer = common.Timer()
-
-  # (a) one model, T = discrete_T..., and continuous time (T = 0), paired draws.
-  lo = obj["learned_linear"]
-  lp = runs["learned_linear"]["params"]
-  settings = list(x_cfg.discrete_T) + [0]
-  draws_a = {T: mc_draws(make_draw_fn(lo, lo.gamma_fn, T), lp["denoiser"], lp["gamma"], x, key,
-                         M, bs) for T in settings}
-  cont = draws_a[0]
-
-  # (b) the same denoiser, continuous time, other schedules with the same endpoints.
-  g_ends = np.array([float(lo.gamma_fn(lp["gamma"], jnp.zeros(()))),
-                     float(lo.gamma_fn(lp["gamma"], jnp.ones(())))])
-  ends = jnp.asarray(g_ends, jnp.float32)
-  draws_b = {name: mc_draws(make_draw_fn(lo, alt_gamma(name), 0), lp["denoiser"], ends, x, key,
-                            M, bs) for name in x_cfg.alt_schedules}
-
-  # (c) the fixed-schedule model, continuous time, same keys.
-  draws_c = {"learned_linear": cont}
-  if "fixed_linear" in runs:
-    fo, fp = obj["fixed_linear"], runs["fixed_linear"]["params"]
-    draws_c["fixed_linear"] = mc_draws(make_draw_fn(fo, fo.gamma_fn, 0), fp["denoiser"],
-                                       fp["gamma"], x, key, M, bs)
-  eval_seconds = eval_timer.seconds
-
-  # ---------------------------------------------------------------------------------------
-  # Tables.
+def render(results: dict, results_dir: str) -> str:
+  """The Markdown body (and <results_dir>/vdm_paper.png) from `compute`'s results."""
+  cfg, data, runs = results["config"], results["data"], results["runs"]
+  g_ends = results["gamma_ends"]
+  gamma_curves_figure(os.path.join(results_dir, f"{NAME}.png"), results)
   label = lambda T: "continuous (T = inf)" if T == 0 else f"T = {T}"
-  rows_a, sums_a = [], {}
-  for T in settings:
-    s = mc_summary(draws_a[T]["loss"])
-    sd = mc_summary(draws_a[T]["loss_diff"])
-    sums_a[T] = s
-    diff = paired_difference(draws_a[T]["loss"], cont["loss"]) if T else None
-    paper = f"{PAPER_CONTINUOUS_BPD} (CIFAR-10)" if T == 0 else PAPER_T_TEXT
-    rows_a.append([label(T), paper, pm(s["mean"], s["se"]), pm(sd["mean"], sd["se"]),
-                   pm(diff["mean"], diff["se"]) if diff else "0 (reference)",
-                   f"{math.sqrt(s['est_var']):.3f}"])
-  # Ordering claims: each consecutive pair (more steps tighter), paired.
-  order = []
-  for T1, T2 in zip(settings[:-1], settings[1:]):
-    d = paired_difference(draws_a[T1]["loss"], draws_a[T2]["loss"])
-    order.append((T1, T2, d))
-  order_ok = all(d["mean"] > 2 * d["se"] for _, _, d in order)
-  order_lines = [f"- {label(T1)} minus {label(T2)}: {pm(d['mean'], d['se'])} bits/dim "
-                 f"({d['mean'] / d['se'] if d['se'] > 0 else float('inf'):.1f} SE)"
-                 for T1, T2, d in order]
-
-  rows_b = []
-  base_b = mc_summary(cont["loss"])
-  base_bd = mc_summary(cont["loss_diff"])
-  rows_b.append([f"{runs['learned_linear']['run']} (the model's own, linear)",
-                 f"{g_ends[0]:.3f}, {g_ends[1]:.3f}", pm(base_b["mean"], base_b["se"]),
-                 "0 (reference)", "-", f"{math.sqrt(base_bd['est_var']):.3f}", "1"])
-  inv_ok = True
-  inv_lines = []
-  for name in x_cfg.alt_schedules:
-    s = mc_summary(draws_b[name]["loss"])
-    sd = mc_summary(draws_b[name]["loss_diff"])
-    d = paired_difference(draws_b[name]["loss"], cont["loss"])
-    z = d["mean"] / d["se"] if d["se"] > 0 else float("inf")
-    inv_ok &= abs(z) < 3.0
-    e0 = float(alt_gamma(name)(ends, jnp.zeros(())))
-    e1 = float(alt_gamma(name)(ends, jnp.ones(())))
-    vr = variance_ratio(draws_b[name]["loss_diff"], cont["loss_diff"])
-    rows_b.append([name, f"{e0:.3f}, {e1:.3f}", pm(s["mean"], s["se"]), pm(d["mean"], d["se"]),
-                   f"{z:+.2f}", f"{math.sqrt(sd['est_var']):.3f}", ratio_text(vr)])
-    inv_lines.append(f"{name}: {z:+.2f} SE")
-
+  rows_a = [[label(r["T"]), f"{PAPER_CONTINUOUS_BPD} (CIFAR-10)" if r["T"] == 0 else PAPER_T_TEXT,
+             pm(r["bound"]), pm(r["diffusion"]),
+             pm(r["minus_continuous"]) if r["minus_continuous"] else "0 (reference)",
+             f"{math.sqrt(r['bound']['est_var']):.3f}"] for r in results["a"]]
+  # More steps tighter: every consecutive paired difference above 2 SE.
+  order_ok = all(d["mean"] > 2 * d["se"] for d in results["order"])
+  order_lines = [f"- {label(d['T1'])} minus {label(d['T2'])}: {pm(d)} bits/dim "
+                 f"({_z(d):.1f} SE)" for d in results["order"]]
+  own = results["a"][-1]
+  rows_b = [["learned_linear (the model's own, linear)", f"{g_ends[0]:.3f}, {g_ends[1]:.3f}",
+             pm(own["bound"]), "0 (reference)", "-",
+             f"{math.sqrt(own['diffusion']['est_var']):.3f}", "1"]]
+  rows_b += [[r["schedule"], f"{r['ends'][0]:.3f}, {r['ends'][1]:.3f}", pm(r["bound"]),
+              pm(r["minus_own"]), f"{_z(r['minus_own']):+.2f}",
+              f"{math.sqrt(r['diffusion']['est_var']):.3f}", ratio_text(r["variance_ratio"])]
+             for r in results["b"]]
+  inv_ok = all(abs(_z(r["minus_own"])) < 3.0 for r in results["b"])
+  inv_lines = [f"{r['schedule']}: {_z(r['minus_own']):+.2f} SE" for r in results["b"]]
   rows_c = []
-  sums_c = {}
-  for r, dr in draws_c.items():
-    s = {k: mc_summary(dr[k]) for k in ("loss", "loss_recon", "loss_klz", "loss_diff")}
-    sums_c[r] = s
-    g0 = float(obj[r].gamma_fn(runs[r]["params"]["gamma"], jnp.zeros(())))
-    g1 = float(obj[r].gamma_fn(runs[r]["params"]["gamma"], jnp.ones(())))
-    tail = [l for _, l in runs[r]["curve"][-max(1, len(runs[r]["curve"]) // 10):]]
-    rows_c.append([r, f"{g0:.3f}", f"{g1:.3f}", f"{s['loss_recon']['mean']:.4f}",
-                   f"{s['loss_klz']['mean']:.4f}", pm(s["loss_diff"]["mean"], s["loss_diff"]["se"]),
-                   pm(s["loss"]["mean"], s["loss"]["se"]), f"{math.sqrt(s['loss']['est_var']):.3f}",
+  for r, s in results["c"].items():
+    curve = runs[r]["curve"]
+    tail = [l for _, l in curve[-max(1, len(curve) // 10):]]
+    rows_c.append([r, f"{s['ends'][0]:.3f}", f"{s['ends'][1]:.3f}",
+                   f"{s['loss_recon']['mean']:.4f}", f"{s['loss_klz']['mean']:.4f}",
+                   pm(s["loss_diff"]),
+                   pm(s["loss"]), f"{math.sqrt(s['loss']['est_var']):.3f}",
                    f"{math.sqrt(s['loss_diff']['est_var']):.3f}",
                    f"{np.mean(tail):.4f}" if tail else "-", f"{runs[r]['seconds'] / 60:.1f}"])
   c_lines = []
-  if "fixed_linear" in draws_c:
-    d = paired_difference(draws_c["learned_linear"]["loss"], draws_c["fixed_linear"]["loss"])
-    z = d["mean"] / d["se"] if d["se"] > 0 else 0.0
-    v_ratio = variance_ratio(draws_c["learned_linear"]["loss"], draws_c["fixed_linear"]["loss"])
-    vd_ratio = variance_ratio(draws_c["learned_linear"]["loss_diff"],
-                              draws_c["fixed_linear"]["loss_diff"])
-    if abs(z) <= 2:
-      bound_text = "no difference resolved at this Monte Carlo precision"
-    else:
-      bound_text = ("the learned schedule's bound is LOWER (better)" if z < 0 else
-                    "the learned schedule's bound is HIGHER (worse)")
+  if results["learned_vs_fixed"]:
+    lf = results["learned_vs_fixed"]
+    d, z = lf["difference"], _z(lf["difference"])
+    bound_text = ("no difference resolved at this Monte Carlo precision" if abs(z) <= 2 else
+                  "the learned schedule's bound is LOWER (better)" if z < 0 else
+                  "the learned schedule's bound is HIGHER (worse)")
     c_lines = [
-        f"- Bound, learned minus fixed (paired draws): {pm(d['mean'], d['se'])} bits/dim "
+        f"- Bound, learned minus fixed (paired draws): {pm(d)} bits/dim "
         f"({z:+.1f} SE): {bound_text}.",
-        f"- Learned endpoints: gamma(0) {config.vdm.gamma_min:g} -> {g_ends[0]:.3f}, gamma(1) "
-        f"{config.vdm.gamma_max:g} -> {g_ends[1]:.3f} (log-SNR_max {-g_ends[0]:.2f}, "
-        f"log-SNR_min {-g_ends[1]:.2f}).",
+        f"- Learned endpoints: gamma(0) {cfg['vdm']['gamma_min']:g} -> {g_ends[0]:.3f}, "
+        f"gamma(1) {cfg['vdm']['gamma_max']:g} -> {g_ends[1]:.3f} (log-SNR_max "
+        f"{-g_ends[0]:.2f}, log-SNR_min {-g_ends[1]:.2f}).",
         f"- One-draw estimator variance, learned / fixed (bootstrap SE over examples): bound "
-        f"{ratio_text(v_ratio)}, diffusion term {ratio_text(vd_ratio)}. Between two linear "
+        f"{ratio_text(lf['variance_ratio'])}, diffusion term "
+        f"{ratio_text(lf['variance_ratio_diffusion'])}. Between two linear "
         "schedules this reflects the endpoints and the two trained denoisers, not a learned "
         "shape."]
-
-  # Figure.
-  out_dir = os.path.dirname(os.path.abspath(FLAGS.output))
-  name = os.path.splitext(os.path.basename(FLAGS.output))[0]
-  os.makedirs(out_dir, exist_ok=True)
-  png = os.path.join(out_dir, f"{name}.png")
-  fixed_ends = (config.vdm.gamma_min, config.vdm.gamma_max)
-  gamma_curves_figure(png, lo.gamma_fn, lp["gamma"], fixed_ends, g_ends,
-                      list(x_cfg.alt_schedules), list(runs.values()))
-
-  t = configs["learned_linear"].training
-  m = configs["learned_linear"].model
-  scale = (f"{'FULL SCALE' if FLAGS.full_scale else 'CPU scale'}: {dataset.name} "
-           f"{'x'.join(map(str, dataset.shape))}, {dataset.num_levels} levels, "
-           f"{dataset.train.shape[0]} train / {n} test examples evaluated; U-Net ch {m.ch}, "
-           f"ch_mult {tuple(m.ch_mult)}, {m.num_res_blocks} res block(s)/level, Fourier "
-           f"features {tuple(m.fourier_features)}; {t.num_steps} steps at batch {t.batch_size}, "
-           f"EMA {configs['learned_linear'].optimizer.ema_rate} (the paper: CIFAR-10, 10M steps "
-           f"at batch 128). Monte Carlo: {M} draws per example and setting, paired across "
-           f"settings; Monte Carlo evaluation took {eval_seconds / 60:.1f} min; training (+ the "
-           "trainer's final evaluation) "
-           + ", ".join(f"{r} {runs[r]['seconds'] / 60:.1f} min"
+  t, m = cfg["training"], cfg["model"]
+  scale = (f"{'FULL SCALE' if results['full_scale'] else 'CPU scale'}: {data['name']} "
+           f"{'x'.join(map(str, data['shape']))}, {data['num_levels']} levels, "
+           f"{data['num_train']} train / {data['num_test']} test examples evaluated; U-Net ch "
+           f"{m['ch']}, ch_mult {tuple(m['ch_mult'])}, {m['num_res_blocks']} res block(s)/level, "
+           f"Fourier features {tuple(m['fourier_features'])}; {t['num_steps']} steps at batch "
+           f"{t['batch_size']}, EMA {cfg['optimizer']['ema_rate']} (the paper: CIFAR-10, 10M "
+           f"steps at batch 128). Monte Carlo: {cfg['experiment']['num_draws']} draws per "
+           f"example and setting, paired across settings; Monte Carlo evaluation took "
+           f"{results['eval_seconds'] / 60:.1f} min; training (+ the trainer's final "
+           "evaluation) "
+           + ", ".join(f"{r} {v['seconds'] / 60:.1f} min"
                        + (" (in an earlier invocation of this command; reused)"
-                          if runs[r]["reused"] else "") for r in runs)
-           + ". The wall time above is this invocation's.")
+                          if v["reused"] else "") for r, v in runs.items())
+           + ". The wall time above is the invocation's that computed these results.")
   body = [
       scale, "",
       "Units: bits/dim (the digits' D = 64 dimensions, 17-level discrete decoder). "
@@ -465,30 +458,32 @@ def main(argv):
                              "estimator std (diffusion)", "final training loss",
                              "training (min)"], rows_c), ""] + c_lines + [
       "",
-      f"The gamma(t) curves and the training-loss curves are in [{name}.png]({name}.png).", "",
-      f"![gamma(t) and training loss]({name}.png)", "",
+      f"The gamma(t) curves and the training-loss curves are in [{NAME}.png]({NAME}.png).", "",
+      f"![gamma(t) and training loss]({NAME}.png)", "",
       "Note: this trainer optimizes the learned schedule's parameters by the gradient of the "
       "bound itself. VDM's variance-minimizing update of the schedule's interior "
       "(App. I.2: descend E[L^2] for the schedule's shape) is not implemented in vdm.train, so a "
       "`learned_net` schedule would only learn its endpoints here; the shape comparison of "
       "variance is therefore made with fixed shapes in (b)."]
-  seconds = timer.seconds
-  path = common.write_result(name, "VDM (Kingma et al. 2021): discrete vs continuous time, "
-                             "schedule invariance, learned vs fixed schedule",
-                             "\n".join(body), seconds, results_dir=out_dir)
-  print(open(path).read())
+  return "\n".join(body)
+
+
+def main(argv):
+  del argv
+  FLAGS = flags.FLAGS
+  config = base_config(FLAGS.config, FLAGS.full_scale, sys.argv)
+  common.compute_or_render(
+      NAME, TITLE, FLAGS.results_dir, FLAGS.render_only,
+      lambda: compute(config, FLAGS.workdir_root, FLAGS.full_scale),
+      lambda results: render(results, FLAGS.results_dir))
 
 
 def _define_flags():
   """The script's flags; defined only when run as a script, so that tests and other scripts can
   import this module's functions without their absl flags colliding."""
-  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "CPU-scale config (training fields "
-                                  "+ config.experiment).")
-  flags.DEFINE_bool("full_scale", False, "Train configs/cifar10_vdm.py (the paper's CIFAR-10 "
-                    "settings, GPU/TPU) instead of --config's training fields.")
-  flags.DEFINE_string("workdir_root", "workdirs/vdm_paper", "Runs go to <root>/<run>-<hash>.")
-  flags.DEFINE_string("output", os.path.join(common.RESULTS, "vdm_paper.md"),
-                      "Markdown report; the figure goes beside it (.png).")
+  common.define_paper_flags("vdm_digits.py", "vdm_paper",
+                            full_scale="Train configs/cifar10_vdm.py (the paper's CIFAR-10 "
+                            "settings, GPU/TPU) instead of --config's training fields.")
 
 
 if __name__ == "__main__":

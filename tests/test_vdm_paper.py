@@ -23,7 +23,7 @@ from experiments import vdm_paper as P  # noqa: E402  (flags are defined only as
 def test_smoke_whole_script(tmp_path):
   out = tmp_path / "res" / "vdm_paper.md"
   flags = [
-      f"--workdir_root={tmp_path / 'runs'}", f"--output={out}",
+      f"--workdir_root={tmp_path / 'runs'}", f"--results_dir={tmp_path / 'res'}",
       "--config.training.num_steps=2", "--config.training.steps_per_log=1",
       "--config.training.steps_per_save=2", "--config.training.steps_per_eval=2",
       "--config.training.batch_size=8", "--config.optimizer.warmup_steps=0",
@@ -58,6 +58,20 @@ def test_smoke_whole_script(tmp_path):
   for r in rows_c:
     assert all(math.isfinite(v) for c in r[1:] for v in _numbers(c))
   assert re.search(r"holds|does NOT hold", text)
+  # Rendering is a separate step: --render_only redraws the same Markdown and figure from the
+  # saved JSON, without the run directories.
+  import json
+  saved = json.loads((tmp_path / "res" / "vdm_paper.json").read_text())
+  assert [r["T"] for r in saved["a"]] == [3, 0] and list(saved["runs"]) == ["learned_linear"]
+  out.unlink()
+  (tmp_path / "res" / "vdm_paper.png").unlink()
+  proc = subprocess.run([sys.executable, "-m", "experiments.vdm_paper", "--render_only",
+                         f"--results_dir={tmp_path / 'res'}",
+                         f"--workdir_root={tmp_path / 'none'}"], cwd=REPO, capture_output=True,
+                        text=True, timeout=300, env=env)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert out.read_text() == text and not (tmp_path / "none").exists()
+  assert (tmp_path / "res" / "vdm_paper.png").stat().st_size > 1000
 
 
 def test_cosine_schedule_is_the_cosine_log_snr_with_exact_endpoints():
