@@ -170,24 +170,36 @@ def compute_or_render(name: str, title: str, results_dir: str, render_only: bool
   and machine added) saved atomically to <results_dir>/<name>.json, or read back from it when
   render_only; then <results_dir>/<name>.md from render(results) (a Markdown body). Returns
   the Markdown's path; prints the body."""
-  os.makedirs(results_dir, exist_ok=True)
-  json_path = os.path.join(results_dir, f"{name}.json")
   if render_only:
-    if not os.path.exists(json_path):
-      raise FileNotFoundError(f"--render_only: no saved results {json_path}; run the "
-                              "experiment without --render_only first")
-    with open(json_path) as f:
-      results = json.load(f)
+    results = load_results(name, results_dir)
   else:
     timer = Timer()
     results = compute()
     results.update(seconds=timer.seconds, command=command_line(), machine=machine_line())
-    tmp = json_path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(results, f, indent=1)
-    os.replace(tmp, json_path)
+    save_results(name, results_dir, results)
   path = write_rendered(name, title, results_dir, results, render)
   print(f"wrote {path}")
+  return path
+
+
+def load_results(name: str, results_dir: str) -> dict:
+  """<results_dir>/<name>.json, or FileNotFoundError saying how to make it."""
+  path = os.path.join(results_dir, f"{name}.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"--render_only: no saved results {path}; run the experiment "
+                            "without --render_only first")
+  with open(path) as f:
+    return json.load(f)
+
+
+def save_results(name: str, results_dir: str, results: dict) -> str:
+  """Write <results_dir>/<name>.json atomically (a kill leaves the previous file intact)."""
+  os.makedirs(results_dir, exist_ok=True)
+  path = os.path.join(results_dir, f"{name}.json")
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(results, f, indent=1)
+  os.replace(tmp, path)
   return path
 
 

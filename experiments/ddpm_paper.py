@@ -24,18 +24,19 @@ resumes unfinished ones from their checkpoints. A run whose loss becomes non-fin
 """
 from __future__ import annotations
 
+import base64
 import copy
 import dataclasses
 import hashlib
+import json
 import math
 import os
 from typing import Optional
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import app, flags
 import numpy as np
 
-from experiments import common, runs
+from experiments import common, runs, stats
 from experiments import frechet
 
 TABLES = ("table1", "table2", "table4", "all")
@@ -218,16 +219,18 @@ def minutes(sec) -> str:
   return "—" if sec is None else f"{sec / 60:.1f}"
 
 
-def scale_text(config, dataset, n_test: int) -> str:
-  d, t, m, o = config.diffusion, config.training, config.model, config.optimizer
-  return (f"Data: {dataset.name} ({'x'.join(map(str, dataset.shape))}, K = {dataset.num_levels} "
-          f"levels, {len(dataset.train)} train / {len(dataset.test)} test images; the bounds use "
-          f"{n_test} test images). Model: U-Net ch {m.ch}, ch_mult {tuple(m.ch_mult)}, "
-          f"{m.num_res_blocks} res block(s), attention at {tuple(m.attn_resolutions)}, dropout "
-          f"{m.dropout}. Diffusion: T = {d.num_timesteps}, {d.beta_schedule} betas "
-          f"{d.beta_start:g}..{d.beta_end:g}. Training: {t.num_steps} steps at batch "
-          f"{t.batch_size}, {o.name} lr {o.learning_rate:g} ({o.warmup_steps} warmup), grad clip "
-          f"{o.grad_clip:g}, EMA {o.ema_rate:g}; evaluated once at the end with the EMA "
+def scale_text(results: dict) -> str:
+  c, data = results["config"], results["data"]
+  d, t, m, o = c["diffusion"], c["training"], c["model"], c["optimizer"]
+  return (f"Data: {data['name']} ({'x'.join(map(str, data['shape']))}, K = {data['num_levels']} "
+          f"levels, {data['num_train']} train / {data['num_test']} test images; the bounds use "
+          f"{data['n_test']} test images). Model: U-Net ch {m['ch']}, ch_mult "
+          f"{tuple(m['ch_mult'])}, {m['num_res_blocks']} res block(s), attention at "
+          f"{tuple(m['attn_resolutions'])}, dropout {m['dropout']}. Diffusion: T = "
+          f"{d['num_timesteps']}, {d['beta_schedule']} betas {d['beta_start']:g}.."
+          f"{d['beta_end']:g}. Training: {t['num_steps']} steps at batch {t['batch_size']}, "
+          f"{o['name']} lr {o['learning_rate']:g} ({o['warmup_steps']} warmup), grad clip "
+          f"{o['grad_clip']:g}, EMA {o['ema_rate']:g}; evaluated once at the end with the EMA "
           f"parameters. Paper: CIFAR-10 (32x32x3, K = 256), 35.7M-parameter U-Net, T = 1000, "
           f"800K steps at batch 128, lr 2e-4, EMA 0.9999.")
 
@@ -236,21 +239,34 @@ UNRESOLVED = "unresolved"
 
 
 def verdict(holds) -> str:
-  """True | False | None (a run is missing) | UNRESOLVED (a difference within the noise)."""
-  return {True: "**holds**", False: "**does not hold**", None: "**cannot be checked**",
-          UNRESOLVED: "**not resolved** (the difference is within 2 combined bootstrap s.d.)"
-          }[holds]
+  """True | False | None (a run it needs is missing) | UNRESOLVED (a difference within the
+  noise), in the one wording of experiments.stats."""
+  if holds is None or holds is UNRESOLVED:
+    why = ("a run it needs was not run" if holds is None else
+           "the difference is within 2 combined bootstrap s.d.")
+    return f"**{stats.UNRESOLVED}** ({why})"
+  return f"**{stats.verdict(bool(holds))}**"
+
+
+def _pack(levels) -> dict:
+  """uint8 image levels [N, H, W, C] as a JSON-able dict (base64 bytes and shape)."""
+  v = np.ascontiguousarray(np.asarray(levels, np.uint8))
+  return {"shape": list(v.shape), "b64": base64.b64encode(v.tobytes()).decode("ascii")}
+
+
+def _unpack(packed: dict) -> np.ndarray:
+  return np.frombuffer(base64.b64decode(packed["b64"]), np.uint8).reshape(packed["shape"])
 
 
 # ---------------------------------------------------------------------------------------------
 # Table 2.
 
 def table2(config, dataset, ctxs: dict, statuses: dict, n_test: int, train_idx,
-           fid_weights: str, results_dir: str) -> tuple:
-  """(markdown body, figure path or None)."""
+           fid_weights: str) -> dict:
+  """Table 2's numbers: per run its state, NLL, feature distance (+ bootstrap s.d.), FID and
+  the first 64 samples; the classifier, the real-vs-real floor and the FID status."""
   p = config.paper
   K = dataset.num_levels
-  fd_name = f"FD_{dataset.name}-classifier"
   n_samples = int(p.num_samples) or n_test
   clf_timer = common.Timer()
   clf = frechet.train_classifier(dataset.train, dataset.train_labels, dataset.test,
@@ -258,49 +274,61 @@ def table2(config, dataset, ctxs: dict, statuses: dict, n_test: int, train_idx,
   ref_v = dataset.test[:n_test] if p.fd_reference == "test" else dataset.train[train_idx]
   ref_f = clf.features(ref_v)
   other_v = dataset.train[train_idx] if p.fd_reference == "test" else dataset.test[:n_test]
-  floor = frechet.frechet_distance_features(clf.features(other_v), ref_f)
-  floor_sd = frechet.bootstrap_std(clf.features(other_v), ref_f, int(p.fd_bootstrap))
-  clf_seconds = clf_timer.seconds
-  fid_reason = frechet.fid_unavailable_reason(fid_weights or None)
+  out = {"fd_name": f"FD_{dataset.name}-classifier", "n_samples": n_samples,
+         "test_accuracy": clf.test_accuracy, "num_reference": len(ref_v),
+         "num_other": len(other_v),
+         "floor": frechet.frechet_distance_features(clf.features(other_v), ref_f),
+         "floor_sd": frechet.bootstrap_std(clf.features(other_v), ref_f, int(p.fd_bootstrap)),
+         "classifier_seconds": clf_timer.seconds,
+         "fid_reason": frechet.fid_unavailable_reason(fid_weights or None),
+         "num_fid_reference": len(dataset.train if p.fid_reference == "train" else dataset.test),
+         "real": _pack(dataset.test[:64]), "runs": {}}
   fid_ref_v = dataset.train if p.fid_reference == "train" else dataset.test
-
-  rows, results, samples_for_fig = [], {}, {}
   for run in RUNS:
     ctx, status = ctxs[run.name], statuses[run.name]
     bound = ctx.bound() if status["state"] == "trained" else None
-    nll, fd, fd_sd, fid, info = None, None, None, None, None
+    r = {"nll": None, "fd": None, "fd_sd": None, "fid": None, "samples": None}
+    info = None
     if bound is not None:
-      nll = bound["summary"]["total_bpd"]
+      r["nll"] = bound["summary"]["total_bpd"]
       v, info = ctx.samples(n_samples, int(p.sample_batch_size))
-      samples_for_fig[run.name] = v[:64]
+      r["samples"] = _pack(v[:64])
       f = clf.features(v)
-      fd = frechet.frechet_distance_features(f, ref_f)
-      fd_sd = frechet.bootstrap_std(f, ref_f, int(p.fd_bootstrap))
-      if not fid_reason:
-        fid = frechet.inception_fid(fid_ref_v, v, K, fid_weights)
-    state = run_state(status, bound, dataset, info)
-    results[run.name] = {"state": state, "nll": nll, "fd": fd, "fd_sd": fd_sd, "fid": fid}
+      r["fd"] = frechet.frechet_distance_features(f, ref_f)
+      r["fd_sd"] = frechet.bootstrap_std(f, ref_f, int(p.fd_bootstrap))
+      if not out["fid_reason"]:
+        r["fid"] = frechet.inception_fid(fid_ref_v, v, K, fid_weights)
+    r["state"] = run_state(status, bound, dataset, info)
+    seconds = [status.get("train_seconds")] + ([info["seconds"]] if info else [])
+    r["seconds"] = None if any(x is None for x in seconds) else sum(seconds)
+    out["runs"][run.name] = r
+  return out
+
+
+def render_table2(results: dict, results_dir: str) -> str:
+  """Table 2's Markdown (and ddpm_table2.png) from its results."""
+  t2, p, data = results["table2"], results["config"]["paper"], results["data"]
+  K, fd_name = data["num_levels"], t2["fd_name"]
+  rows = []
+  for run in RUNS:
+    r = t2["runs"][run.name]
     paper_nll = (f"≤ {PAPER_NLL[run.name][0]:.2f} (Table 1)" if run.name in PAPER_NLL
                  else "not reported")
-    seconds = [status.get("train_seconds")] + ([info["seconds"]] if info else [])
     rows.append([
         run.objective,
         run.paper_is if run.paper_is else "— (unstable)",
         f"{run.paper_fid:.2f}" if run.paper_fid is not None else "— (unstable)",
-        paper_nll,
-        state,
-        fmt(nll),
-        "—" if fd is None else f"{fd:.3f} ± {fd_sd:.3f}",
-        fmt(fid, 2) if fid is not None else "not computed¹",
-        minutes(None if any(s is None for s in seconds) else sum(seconds)),
-    ])
-
+        paper_nll, r["state"], fmt(r["nll"]),
+        "—" if r["fd"] is None else f"{r['fd']:.3f} ± {r['fd_sd']:.3f}",
+        fmt(r["fid"], 2) if r["fid"] is not None else "not computed¹",
+        minutes(r["seconds"])])
   headers = ["Objective (Ho et al. Table 2 row)", "Paper IS", "Paper FID", "Paper NLL (bits/dim)",
              "Ours: stability", "Ours: test NLL bound (bits/dim)",
              f"Ours: {fd_name} ± bootstrap s.d.", "Ours: FID", "Ours: train + eval + sampling (min)"]
   var_text = {"fixed_large": "sigma_t^2 = beta_t (`fixed_large`, the DDPM reference code's "
                              "CIFAR-10 setting)",
               "fixed_small": "sigma_t^2 = beta~_t (`fixed_small`, the posterior variance)"}
+  log2k = math.log2(K)
   lines = [
       "Reverse-process parameterization and training-objective ablation (Ho et al. 2020, "
       "Table 2). Paper: unconditional CIFAR-10, IS and FID on 50000 samples; its blank entries "
@@ -308,49 +336,51 @@ def table2(config, dataset, ctxs: dict, statuses: dict, n_test: int, train_idx,
       "out-of-range scores\". Table 2 of the paper reports no NLL; Table 1 gives it for the two "
       "eps rows with fixed Sigma.",
       "",
-      f"Scale. {scale_text(config, dataset, n_test)}",
+      f"Scale. {scale_text(results)}",
       "",
       f"Objectives: L = the true bound (`loss_type=kl`: T * L_t at a uniform t); fixed "
-      f"isotropic Sigma = {var_text[p.fixed_var_type]}; learned diagonal Sigma = `var_type="
+      f"isotropic Sigma = {var_text[p['fixed_var_type']]}; learned diagonal Sigma = `var_type="
       f"learned` (the network outputs log Sigma per pixel); the MSE rows are unweighted "
       f"(`loss_type=mse`) on the network's mean parameter (eps, or mu~ itself). NLL = the full "
       f"DDPM bound L_T + sum L_t + L_0 (discretized Gaussian decoder) on the test images. A run "
       f"is marked unstable, as the paper marks its blank entries, if its loss became "
       f"non-finite (train.NonFiniteLossError), its bound is non-finite or exploded (above "
-      f"{EXPLODED_FACTOR:g} log2 K = {EXPLODED_FACTOR * log2_levels(dataset):.1f} bits/dim), "
+      f"{EXPLODED_FACTOR:g} log2 K = {EXPLODED_FACTOR * log2k:.1f} bits/dim), "
       f"or its samples are non-finite; a stable run whose bound is worse than the uniform code "
-      f"over the K levels (log2 K = {log2_levels(dataset):.3f} bits/dim) is flagged as such "
+      f"over the K levels (log2 K = {log2k:.3f} bits/dim) is flagged as such "
       f"(under-trained at this scale) but still compared.",
       "",
       f"Sample quality: {fd_name} = squared Frechet distance between Gaussians fitted to the "
-      f"{int(p.classifier.features)}-d penultimate-layer features of a small CNN trained here "
-      f"on the {len(dataset.train)} labelled training images ({int(p.classifier.epochs)} epochs; "
-      f"test accuracy {100 * clf.test_accuracy:.1f}%), between {n_samples} samples per model "
-      f"(ancestral sampling, T steps, quantized to the K levels) and the {len(ref_v)} "
-      f"{p.fd_reference} images. This is not FID and is not comparable with the paper's "
+      f"{int(p['classifier']['features'])}-d penultimate-layer features of a small CNN trained "
+      f"here on the {data['num_train']} labelled training images "
+      f"({int(p['classifier']['epochs'])} epochs; test accuracy "
+      f"{100 * t2['test_accuracy']:.1f}%), between {t2['n_samples']} samples per model "
+      f"(ancestral sampling, T steps, quantized to the K levels) and the {t2['num_reference']} "
+      f"{p['fd_reference']} images. This is not FID and is not comparable with the paper's "
       f"numbers; only the ordering of the rows is. Lower is better. The same distance between "
-      f"{len(other_v)} real {'training' if p.fd_reference == 'test' else 'test'} images and the "
-      f"reference is {floor:.3f} ± {floor_sd:.3f}: the floor at this sample size. ± = standard "
-      f"deviation over {int(p.fd_bootstrap)} bootstrap resamples of both sets. (Classifier "
-      f"training and features: {clf_seconds:.0f} s.)",
+      f"{t2['num_other']} real {'training' if p['fd_reference'] == 'test' else 'test'} images "
+      f"and the reference is {t2['floor']:.3f} ± {t2['floor_sd']:.3f}: the floor at this sample "
+      f"size. ± = standard deviation over {int(p['fd_bootstrap'])} bootstrap resamples of both "
+      f"sets. (Classifier training and features: {t2['classifier_seconds']:.0f} s.)",
       "",
       common.markdown_table(headers, rows),
       "",
-      (f"¹ FID (Inception) could not be computed here: {fid_reason}. At full scale pass "
-       f"--fid_inception_weights (FID against the {p.fid_reference} split, as the paper's TTUR "
-       f"protocol)." if fid_reason else
-       f"FID: pytorch-fid Inception-v3 features, {n_samples} samples against the "
-       f"{p.fid_reference} split ({len(fid_ref_v)} images)."),
+      (f"¹ FID (Inception) could not be computed here: {t2['fid_reason']}. At full scale pass "
+       f"--fid_inception_weights (FID against the {p['fid_reference']} split, as the paper's "
+       f"TTUR protocol)." if t2["fid_reason"] else
+       f"FID: pytorch-fid Inception-v3 features, {t2['n_samples']} samples against the "
+       f"{p['fid_reference']} split ({t2['num_fid_reference']} images)."),
       "",
       "## Does the paper's conclusion hold at our scale?",
       "",
   ]
-  lines += table2_conclusions(results, fd_name)
-  fig = plot_samples(os.path.join(results_dir, "ddpm_table2.png"), samples_for_fig,
-                     dataset.test[:64], K)
+  lines += table2_conclusions(t2["runs"], fd_name)
+  samples = {n: _unpack(r["samples"]) for n, r in t2["runs"].items() if r["samples"]}
+  fig = plot_samples(os.path.join(results_dir, "ddpm_table2.png"), samples, _unpack(t2["real"]),
+                     K)
   if fig:
     lines += ["", f"Samples (first 64 per run) and real test images: `{os.path.basename(fig)}`."]
-  return "\n".join(lines), results
+  return "\n".join(lines)
 
 
 def table2_conclusions(results: dict, fd_name: str) -> list:
@@ -453,24 +483,35 @@ def plot_samples(path: str, samples: dict, real, num_levels: int) -> Optional[st
 # ---------------------------------------------------------------------------------------------
 # Table 1.
 
-def table1(config, dataset, ctxs: dict, statuses: dict, n_test: int, train_idx) -> str:
+def table1(ctxs: dict, statuses: dict, dataset, train_idx) -> dict:
+  """Table 1's numbers: per run the test bound and the bound on the training subset."""
+  out = {}
+  for name in TABLE_RUNS["table1"]:
+    ctx, status = ctxs[name], statuses[name]
+    if status["state"] != "trained":
+      out[name] = {"state": run_state(status, None, dataset)}
+      continue
+    tr = ctx.train_bound(train_idx)
+    out[name] = {"test": ctx.bound()["summary"]["total_bpd"],
+                 "train": tr["summary"]["total_bpd"], "seconds": tr.get("seconds")}
+  return out
+
+
+def render_table1(results: dict, results_dir: str) -> str:
+  del results_dir
+  t1, data = results["table1"], results["data"]
   rows, ours = [], {}
   labels = {"eps_L_fixed": "L (eps prediction, fixed isotropic Sigma)",
             "eps_simple": "L_simple (eps prediction, fixed isotropic Sigma)"}
   for name in TABLE_RUNS["table1"]:
-    ctx, status = ctxs[name], statuses[name]
-    if status["state"] != "trained":
-      rows.append([labels[name], f"≤ {PAPER_NLL[name][0]:.2f} ({PAPER_NLL[name][1]:.2f})",
-                   run_state(status, None, dataset), "—", "—", "—"])
+    r, paper = t1[name], f"≤ {PAPER_NLL[name][0]:.2f} ({PAPER_NLL[name][1]:.2f})"
+    if "test" not in r:
+      rows.append([labels[name], paper, r["state"], "—", "—", "—"])
       continue
-    test = ctx.bound()["summary"]["total_bpd"]
-    tr = ctx.train_bound(train_idx)
-    train_nll = tr["summary"]["total_bpd"]
-    ours[name] = (test, train_nll)
-    rows.append([labels[name], f"≤ {PAPER_NLL[name][0]:.2f} ({PAPER_NLL[name][1]:.2f})",
-                 f"≤ {test:.4f} ({train_nll:.4f})", fmt(test - train_nll),
-                 f"{PAPER_NLL[name][0] - PAPER_NLL[name][1]:.2f}",
-                 minutes(tr.get("seconds"))])
+    ours[name] = (r["test"], r["train"])
+    rows.append([labels[name], paper, f"≤ {r['test']:.4f} ({r['train']:.4f})",
+                 fmt(r["test"] - r["train"]), f"{PAPER_NLL[name][0] - PAPER_NLL[name][1]:.2f}",
+                 minutes(r["seconds"])])
   headers = ["Objective", "Paper NLL test (train), bits/dim", "Ours: NLL test (train), bits/dim",
              "Ours: test − train", "Paper: test − train", "Ours: train-split eval (min)"]
   lines = [
@@ -478,10 +519,10 @@ def table1(config, dataset, ctxs: dict, statuses: dict, n_test: int, train_idx) 
       "and, in brackets, the training split, for a model trained on the true bound L (eps "
       "prediction, fixed isotropic Sigma) and one trained on L_simple. Paper: CIFAR-10. Ours: "
       f"the eps + L fixed and eps + L_simple runs of Table 2 (not retrained); test = "
-      f"{n_test} test images, train = a fixed random subset of {len(train_idx)} training images "
-      f"(seed {config.seed}).",
+      f"{data['n_test']} test images, train = a fixed random subset of {data['n_train_eval']} "
+      f"training images (seed {results['config']['seed']}).",
       "",
-      f"Scale. {scale_text(config, dataset, n_test)}",
+      f"Scale. {scale_text(results)}",
       "",
       common.markdown_table(headers, rows),
       "",
@@ -508,9 +549,21 @@ def table1(config, dataset, ctxs: dict, statuses: dict, n_test: int, train_idx) 
 # ---------------------------------------------------------------------------------------------
 # Table 4 / Fig. 5.
 
-def table4(config, dataset, ctxs: dict, statuses: dict, n_test: int, results_dir: str) -> str:
-  K = dataset.num_levels
+def table4(ctxs: dict, statuses: dict, dataset) -> dict:
+  """Table 4's numbers: the eps + L_simple run's rate and distortion at every reverse step."""
   status = statuses["eps_simple"]
+  if status["state"] != "trained":
+    return {"state": run_state(status, None, dataset)}
+  record = ctxs["eps_simple"].bound()
+  return {"rate_distortion": record["rate_distortion"],
+          "total_bpd": float(np.asarray(record["terms"]["total_bpd"])),
+          "decoder_bpd": float(np.asarray(record["terms"]["vb"])[0])}
+
+
+def render_table4(results: dict, results_dir: str) -> str:
+  """Table 4's Markdown (and ddpm_table4.png) from its results."""
+  t4, data = results["table4"], results["data"]
+  K = data["num_levels"]
   head = [
       "Rate and distortion along the reverse process (Ho et al. 2020, Table 4 and Fig. 5): "
       "progressive lossy decoding with the eps + L_simple model. After reverse step s = "
@@ -521,18 +574,14 @@ def table4(config, dataset, ctxs: dict, statuses: dict, n_test: int, results_dir
       "codelength follows the paper: rate = L_T + ... + L_1, distortion = L_0 (the decoder "
       "term), both in bits/dim.",
       "",
-      f"Scale. {scale_text(config, dataset, n_test)}",
+      f"Scale. {scale_text(results)}",
       "",
   ]
-  if status["state"] != "trained":
-    return "\n".join(head + [f"The eps + L_simple run is {run_state(status, None, dataset)}: "
-                             f"no table."])
-  record = ctxs["eps_simple"].bound()
-  rd = {k: np.asarray(v) for k, v in record["rate_distortion"].items()}
+  if "rate_distortion" not in t4:
+    return "\n".join(head + [f"The eps + L_simple run is {t4['state']}: no table."])
+  rd = {k: np.asarray(v) for k, v in t4["rate_distortion"].items()}
   T = len(rd["rate"])
-  terms = record["terms"]
-  total = float(np.asarray(terms["total_bpd"]))
-  l0 = float(np.asarray(terms["vb"])[0])
+  total, l0 = t4["total_bpd"], t4["decoder_bpd"]
   rate_total = float(rd["rate"][-1])
   to255 = 255.0 / (K - 1)
   rows = []
@@ -567,7 +616,7 @@ def table4(config, dataset, ctxs: dict, statuses: dict, n_test: int, results_dir
       "",
       "Split of the lossless codelength (test split):",
       "",
-      common.markdown_table(["", "Paper (CIFAR-10)", f"Ours ({dataset.name})"], split_rows),
+      common.markdown_table(["", "Paper (CIFAR-10)", f"Ours ({data['name']})"], split_rows),
       "",
       f"Check: ours rate at reverse step T + L_0 = {rate_total + l0:.6f} = total bound "
       f"{total:.6f} (residual {rate_total + l0 - total:.1e}).",
@@ -634,14 +683,14 @@ TITLES = {"table1": "DDPM (Ho et al. 2020) Table 1: NLL test (train), bits/dim",
                     "reverse process"}
 
 
-def run_tables(config, tables, workdir_root: str, results_dir: str = common.RESULTS,
-               fid_weights: str = "", only=()) -> list:
-  """Train (or reuse) the runs the tables need and write results/ddpm_<table>.md; returns paths.
+def compute(config, tables, workdir_root: str, fid_weights: str = "", only=()) -> dict:
+  """Train (or reuse) the runs the tables need; returns {table: that table's results} (each
+  JSON-able: the config, data, the statuses of its runs and its numbers).
 
   only: names of the runs to train (empty: all the tables need); the others are 'not run'.
   """
-  from vdm import data as data_lib
   timer = common.Timer()
+  from vdm import data as data_lib
   validate_paper_config(config)
   unknown = [n for n in only if n not in RUNS_BY_NAME]
   if unknown:
@@ -675,50 +724,65 @@ def run_tables(config, tables, workdir_root: str, results_dir: str = common.RESU
   statuses = {name: (ctxs[name].ensure_trained() if not only or name in only
                      else {"state": "not run", "name": name}) for name in names}
 
-  paths = []
+  data = {"name": dataset.name, "shape": list(dataset.shape),
+          "num_levels": int(dataset.num_levels), "num_train": len(dataset.train),
+          "num_test": len(dataset.test), "n_test": n_test, "n_train_eval": n_train,
+          "run_root": os.path.join(workdir_root, dataset.name)}
+  compute_table = {
+      "table2": lambda: table2(config, dataset, ctxs, statuses, n_test, train_idx, fid_weights),
+      "table1": lambda: table1(ctxs, statuses, dataset, train_idx),
+      "table4": lambda: table4(ctxs, statuses, dataset)}
+  out = {}
   for table in tables:
-    if table == "table2":
-      body, _ = table2(config, dataset, ctxs, statuses, n_test, train_idx, fid_weights,
-                       results_dir)
-    elif table == "table1":
-      body = table1(config, dataset, ctxs, statuses, n_test, train_idx)
-    else:
-      body = table4(config, dataset, ctxs, statuses, n_test, results_dir)
-    reused = [n for n in TABLE_RUNS[table] if statuses[n]["state"] != "not run"
-              and not statuses[n].get("trained_now")]
-    note = (f"\n\nRun directories: `{os.path.join(workdir_root, dataset.name)}/<run>`"
-            + (f"; reused from an earlier invocation (not retrained): {', '.join(reused)}."
-               if reused else "."))
-    times = {n: statuses[n].get("train_seconds") for n in TABLE_RUNS[table]
-             if statuses[n]["state"] != "not run"}
-    if times and all(v is not None for v in times.values()):
-      note += (f" Training + final test bound of the runs used, measured when they ran: "
-               f"{sum(times.values()) / 60:.1f} min in total ("
-               + ", ".join(f"{n} {v / 60:.1f}" for n, v in times.items()) + ").")
-    # Wall time: this invocation plus the recorded time of the runs it reused.
-    reused_seconds = sum(statuses[n].get("train_seconds") or 0.0 for n in reused)
-    if reused:
-      note += (" The wall time at the top is this invocation's plus the recorded time of the "
-               "runs it reused.")
-    paths.append(common.write_result(f"ddpm_{table}", TITLES[table], body + note,
-                                     timer.seconds + reused_seconds, results_dir=results_dir))
-    logging.info("wrote %s", paths[-1])
-  return paths
+    out[table] = {"config": json.loads(config.to_json()), "data": data,
+                  "statuses": {n: statuses[n] for n in TABLE_RUNS[table]},
+                  table: compute_table[table](), "seconds": timer.seconds}
+  return out
+
+
+def render(results: dict, table: str, results_dir: str) -> str:
+  """ddpm_<table>.md's body (and figure) from the table's results."""
+  body = {"table1": render_table1, "table2": render_table2,
+          "table4": render_table4}[table](results, results_dir)
+  statuses = results["statuses"]
+  ran = [n for n in TABLE_RUNS[table] if statuses[n]["state"] != "not run"]
+  reused = [n for n in ran if not statuses[n].get("trained_now")]
+  note = (f"\n\nRun directories: `{results['data']['run_root']}/<run>`"
+          + (f"; reused from an earlier invocation (not retrained): {', '.join(reused)}."
+             if reused else "."))
+  times = {n: statuses[n].get("train_seconds") for n in ran}
+  if times and all(v is not None for v in times.values()):
+    note += (f" Training + final test bound of the runs used, measured when they ran: "
+             f"{sum(times.values()) / 60:.1f} min in total ("
+             + ", ".join(f"{n} {v / 60:.1f}" for n, v in times.items()) + ").")
+  if reused:
+    note += " The wall time at the top is the invocation's that computed these results."
+  return body + note
+
+
+def run_tables(config, tables, workdir_root: str, results_dir: str = common.RESULTS,
+               fid_weights: str = "", only=(), render_only: bool = False) -> list:
+  """results/ddpm_<table>.json (computed, or read back with render_only) and .md; returns the
+  Markdown paths."""
+  if render_only:
+    computed = {t: common.load_results(f"ddpm_{t}", results_dir) for t in tables}
+  else:
+    computed = compute(config, tables, workdir_root, fid_weights, only)
+    for t in tables:
+      computed[t].update(command=common.command_line(), machine=common.machine_line())
+      common.save_results(f"ddpm_{t}", results_dir, computed[t])
+  return [common.write_rendered(f"ddpm_{t}", TITLES[t], results_dir, computed[t],
+                                lambda r, t=t: render(r, t, results_dir)) for t in tables]
 
 
 def define_flags() -> None:
-  """The command-line flags (defined only when run as a script, so importing defines none)."""
-  config_flags.DEFINE_config_file(
-      "config", os.path.join(common.REPO, "configs", "paper", "ddpm_digits.py"),
-      "Base config of the runs (configs/paper/ddpm_digits.py; ':full' for CIFAR-10).",
-      lock_config=False)
+  """The command-line flags (defined only when run as a script, so importing defines none);
+  --config=configs/paper/ddpm_digits.py:full for CIFAR-10."""
+  common.define_paper_flags("ddpm_digits.py", "ddpm_paper")
   flags.DEFINE_string("table", "all", f"Which table to write: one of {list(TABLES)}.")
   flags.DEFINE_list("runs", [], "Restrict training to these runs (comma list of Table 2 run "
                     "names; default: every run the tables need). Rows of runs left out say "
                     "'not run'.")
-  flags.DEFINE_string("workdir_root", "workdirs/ddpm_paper",
-                      "Root of the run directories (<root>/<dataset>/<run>).")
-  flags.DEFINE_string("results_dir", common.RESULTS, "Where the tables and figures are written.")
   flags.DEFINE_string("fid_inception_weights", "",
                       f"Optional local file {frechet.FID_WEIGHTS_NAME} (pytorch-fid's Inception "
                       "weights): with torch and pytorch_fid installed, Table 2 also reports FID.")
@@ -730,7 +794,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   tables = tables_to_write(FLAGS.table)
   run_tables(FLAGS.config, tables, FLAGS.workdir_root, FLAGS.results_dir,
-             FLAGS.fid_inception_weights, tuple(FLAGS.runs))
+             FLAGS.fid_inception_weights, tuple(FLAGS.runs), FLAGS.render_only)
 
 
 if __name__ == "__main__":
