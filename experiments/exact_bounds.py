@@ -39,45 +39,13 @@ import math
 import ml_collections
 import numpy as np
 
+from configs.paper.exact_bounds import get_config
 from experiments import common, runs
+from vdm.diffusion.schedules import betas_from_alphas_cumprod, vp_alphas_cumprod
 
 NAME = "exact_bounds"
 
 LN2 = math.log(2.0)
-
-
-def get_config(full_scale: bool = False) -> ml_collections.ConfigDict:
-  """Settings of the three parts. full_scale: larger enumerations and longer T (still CPU)."""
-  c = ml_collections.ConfigDict()
-  c.elbo = e = ml_collections.ConfigDict()      # experiments/elbo_gap.py's settings
-  e.models = ("bernoulli_mixture", "gaussian_mixture", "sbn", "rbm", "vae_bernoulli",
-              "vae_gaussian")
-  e.num_examples = 1797 if full_scale else 300
-  e.num_steps = 1000 if full_scale else 300
-  e.learning_rate = 0.02
-  e.em_iters = 100 if full_scale else 50
-  e.num_latents = 14 if full_scale else 8
-  e.seed = 0
-  c.discrete = d = ml_collections.ConfigDict()  # experiments/discrete_diffusion_exact.py's
-  d.num_vars, d.num_categories, d.num_steps = (2, 4, 4) if full_scale else (2, 3, 3)
-  d.schedule = "linear"
-  d.beta_start, d.beta_end = 0.1, 0.5
-  d.data_concentration = 1.0
-  d.init_scale = 1.0
-  d.train_steps = 1000 if full_scale else 300
-  d.learning_rate = 0.1
-  d.seed = 0
-  c.gaussian = g = ml_collections.ConfigDict()
-  g.dim = 8
-  g.s_min, g.s_max = 0.02, 0.5      # data std per dimension, geometrically spaced
-  g.seed = 0                         # of mu ~ U(-0.5, 0.5)^D and the Monte Carlo draws
-  g.T_list = ((10, 100, 1000, 10000, 100000, 1000000) if full_scale else
-              (10, 100, 1000, 10000, 100000))
-  g.gamma_min, g.gamma_max = -13.3, 5.0   # VDM's default endpoints (fixed linear schedule)
-  g.vp_beta_min, g.vp_beta_max = 0.1, 20.0   # the DDPM linear schedule's continuous process
-  g.mc_T = 100
-  g.mc_num_examples = 100000 if full_scale else 20000
-  return c
 
 
 # ===========================================================================================
@@ -130,29 +98,6 @@ def gaussian_data(dim: int, s_min: float, s_max: float, seed: int):
   return mu, np.geomspace(s_min, s_max, dim)
 
 
-def vp_alphas_cumprod(T: int, beta_min: float = 0.1, beta_max: float = 20.0) -> np.ndarray:
-  """alpha_bar(i/T), i = 1..T, of the VP process with beta(t) = beta_min + (beta_max -
-  beta_min) t (Song et al. 2021): alpha_bar(t) = exp(-(beta_min t + (beta_max - beta_min) t^2
-  / 2)). At T = 1000 its betas are DDPM's linear 1e-4..0.02 to first order. float64 [T]."""
-  t = np.arange(1, T + 1, dtype=np.float64) / T
-  return np.exp(-(beta_min * t + 0.5 * (beta_max - beta_min) * t * t))
-
-
-def betas_from_alphas_cumprod(ab: np.ndarray) -> np.ndarray:
-  """beta_i = 1 - alpha_bar_i / alpha_bar_{i-1} (alpha_bar_0 = 1). float64 [T]."""
-  ab = np.asarray(ab, np.float64)
-  return -np.expm1(np.log(ab) - np.log(np.append(1.0, ab[:-1])))
-
-
-def optimal_decoder_nll(ab1: float, mu, s) -> float:
-  """E[-log N(x0; E[x0|x1], v*)] with the optimal per-dimension variance v* = E Var(x0|x1) =
-  s^2 (1 - ab1) / (ab1 s^2 + 1 - ab1), x1 = sqrt(ab1) x0 + sqrt(1 - ab1) eps (Gaussian
-  conditioning), over x0 ~ N(mu, s^2): sum_d 0.5 (log 2 pi + log v*_d + 1), nats."""
-  s2 = np.asarray(s, np.float64) ** 2
-  v = s2 * (1.0 - ab1) / (ab1 * s2 + 1.0 - ab1)
-  return float(np.sum(0.5 * (math.log(2 * math.pi) + np.log(v) + 1.0)))
-
-
 def check_gaussian_config(g) -> None:
   """ValueError naming the field for Gaussian settings the closed forms cannot use."""
   gaussian_data(g.dim, g.s_min, g.s_max, g.seed)
@@ -191,7 +136,7 @@ def gaussian_tables(g) -> dict:
     gammas = np.log1p(-ab) - np.log(ab)             # gamma of x_1..x_T
     vdm_grid = O.vdm_gaussian_bound_discrete(mu, s, gammas, x_mean, x_var)
     vdm_grid_cont = O.vdm_gaussian_bound_continuous(mu, s, gammas[0], gammas[-1], x_mean, x_var)
-    dec_opt = optimal_decoder_nll(ab[0], mu, s)
+    dec_opt = O.optimal_decoder_nll(ab[0], mu, s)
     post_var1 = betas[1] * (1.0 - ab[0]) / (1.0 - ab[1])
     e0 = s**2 * (1.0 - ab[0]) / (ab[0] * s**2 + 1.0 - ab[0])
     ddpm.append({"T": T, "fixed_small": float(small["total"]),

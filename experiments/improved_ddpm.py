@@ -27,7 +27,7 @@ estimates of sum_t L_t).
       --config.data.data_dir=/path/to/cifar-10-batches-py       # CIFAR-10, the paper's settings
 
 The CPU-scale base is configs/paper/improved_ddpm_digits.py (--config). --full_scale uses
-`full_scale_config()` below instead (CIFAR-10, the paper's App. A / improved-diffusion
+`full_scale()` of that file instead (CIFAR-10, the paper's App. A / improved-diffusion
 flags); `--config.*` overrides given on the command line are applied to it too (both configs
 share the fields of configs/base.py). Runs live in --workdir_root/<run>-<config fingerprint>
 (experiments.runs): a rerun with the same settings reuses every finished run (no retraining, no
@@ -46,6 +46,7 @@ from absl import app, flags, logging
 import ml_collections
 import numpy as np
 
+from configs.paper import improved_ddpm_digits
 from experiments import common, runs, stats
 
 SCHEDULES = ("linear", "cosine")
@@ -84,7 +85,7 @@ def define_flags() -> None:
   """The command-line flags (defined only when run as a script: importing has no effects)."""
   common.define_paper_flags("improved_ddpm_digits.py", "improved_ddpm",
                             full_scale="Use the paper's CIFAR-10 settings (GPU/TPU), "
-                            "full_scale_config(), instead of --config.")
+                            "configs/paper/improved_ddpm_digits.full_scale(), instead of --config.")
   flags.DEFINE_list("runs", list(RUNS), f"Runs of the table, from {list(RUNS)}.")
   flags.DEFINE_bool("vlb_uniform", True, f"Also train {VLB_UNIFORM} (L_vlb with uniform "
                     "timesteps) to compare the noise of the L_vlb estimate.")
@@ -102,40 +103,9 @@ def parse_runs(runs, vlb_uniform: bool) -> list:
 
 
 # ------------------------------------------------------------------------------------------
-# Configs.
+# Configs (the full-scale one: configs/paper/improved_ddpm_digits.full_scale).
 
-def full_scale_config() -> ml_collections.ConfigDict:
-  """CIFAR-10 as in Nichol & Dhariwal (App. A) and improved-diffusion's published flags.
-
-  T = 4000, U-Net with 128 channels, multipliers (1, 2, 2, 2), 3 residual blocks, attention at
-  16x16 and 8x8, dropout 0.3 (cosine) / 0.1 (linear; set per run), Adam lr 1e-4, batch 128,
-  500K steps, EMA 0.9999, no warmup and no gradient clipping (improved-diffusion has neither).
-  Differences from their U-Net: single-head attention and additive (not scale-shift) timestep
-  conditioning; the timestep is embedded as the integer t, not rescaled to [0, 1000).
-  """
-  from configs import cifar10_ddpm
-  config = cifar10_ddpm.get_config()
-  config.model.ch, config.model.ch_mult, config.model.num_res_blocks = 128, (1, 2, 2, 2), 3
-  config.model.attn_resolutions = (16, 8)
-  config.model.dropout = 0.3
-  d = config.diffusion
-  d.num_timesteps = 4000
-  d.beta_schedule = "cosine"
-  d.beta_start, d.beta_end = 1e-4, 0.02    # at T = 1000; rescaled by 1000 / T per run
-  d.mean_type = "eps"
-  d.hybrid_lambda = 0.001
-  d.t_chunk_size = 100
-  o = config.optimizer
-  o.learning_rate, o.warmup_steps, o.grad_clip, o.ema_rate = 1e-4, 0, 0.0, 0.9999
-  t = config.training
-  t.num_steps, t.batch_size, t.substeps = 500000, 128, 10
-  t.steps_per_log, t.steps_per_eval, t.steps_per_save = 100, 100000, 5000
-  t.num_devices = 0
-  config.eval.num_examples = 0            # the NLL of the tables: the whole test split
-  config.eval.batch_size = 128
-  config.eval.num_samples = 0
-  return config
-
+full_scale_config = improved_ddpm_digits.full_scale
 
 def run_config(base: ml_collections.ConfigDict, run: str,
                full_scale: bool) -> ml_collections.ConfigDict:

@@ -62,9 +62,10 @@ def test_smoke_whole_script(tmp_path):
 def test_vp_schedule_is_ddpms_linear_schedule_at_T_1000():
   """The continuous VP process discretized with T = 1000 steps has DDPM's linear betas
   (1e-4 .. 0.02) to first order; and the betas rebuild alpha_bar by a cumulative product."""
-  from vdm.diffusion.schedules import get_beta_schedule
-  ab = X.vp_alphas_cumprod(1000)
-  betas = X.betas_from_alphas_cumprod(ab)
+  from vdm.diffusion.schedules import (betas_from_alphas_cumprod, get_beta_schedule,
+                                       vp_alphas_cumprod)
+  ab = vp_alphas_cumprod(1000)
+  betas = betas_from_alphas_cumprod(ab)
   assert np.max(np.abs(betas - get_beta_schedule("linear", 1000))) < 3e-4
   np.testing.assert_allclose(np.cumprod(1.0 - betas), ab, rtol=1e-12)
   assert abs(math.log(ab[-1]) + (0.1 + 19.9 / 2)) < 1e-12
@@ -83,7 +84,7 @@ def test_optimal_decoder_nll_against_monte_carlo():
     xhat = np.asarray(O.optimal_x0(jnp.asarray(x1), math.sqrt(ab1), 1 - ab1, mu, s))
   err = np.mean((x0 - xhat) ** 2, axis=0)
   mc = np.sum(0.5 * (math.log(2 * math.pi) + np.log(err) + 1.0))
-  assert abs(X.optimal_decoder_nll(ab1, mu, s) - mc) < 0.01
+  assert abs(O.optimal_decoder_nll(ab1, mu, s) - mc) < 0.01
 
 
 def test_predicted_limits_match_the_closed_forms_at_large_T():

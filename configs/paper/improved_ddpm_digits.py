@@ -16,6 +16,8 @@ the end, with the EMA parameters on all 297 test images. The values were chosen 
 whole table of runs fits in about an hour here; override any of them on the command line,
 e.g. --config.training.num_steps=500.
 """
+import ml_collections
+
 from configs import paper
 from configs.datasets import digits
 
@@ -37,4 +39,37 @@ def get_config():
   d.t_chunk_size = 50
   # steps_per_log 10: dense loss curves (the L_vlb noise comparison).
   paper.cpu_schedule(config, num_steps=2000, steps_per_log=10)
+  return config
+
+
+def full_scale() -> ml_collections.ConfigDict:
+  """CIFAR-10 as in Nichol & Dhariwal (App. A) and improved-diffusion's published flags.
+
+  T = 4000, U-Net with 128 channels, multipliers (1, 2, 2, 2), 3 residual blocks, attention at
+  16x16 and 8x8, dropout 0.3 (cosine) / 0.1 (linear; set per run), Adam lr 1e-4, batch 128,
+  500K steps, EMA 0.9999, no warmup and no gradient clipping (improved-diffusion has neither).
+  Differences from their U-Net: single-head attention and additive (not scale-shift) timestep
+  conditioning; the timestep is embedded as the integer t, not rescaled to [0, 1000).
+  """
+  from configs import cifar10_ddpm
+  config = cifar10_ddpm.get_config()
+  config.model.ch, config.model.ch_mult, config.model.num_res_blocks = 128, (1, 2, 2, 2), 3
+  config.model.attn_resolutions = (16, 8)
+  config.model.dropout = 0.3
+  d = config.diffusion
+  d.num_timesteps = 4000
+  d.beta_schedule = "cosine"
+  d.beta_start, d.beta_end = 1e-4, 0.02    # at T = 1000; rescaled by 1000 / T per run
+  d.mean_type = "eps"
+  d.hybrid_lambda = 0.001
+  d.t_chunk_size = 100
+  o = config.optimizer
+  o.learning_rate, o.warmup_steps, o.grad_clip, o.ema_rate = 1e-4, 0, 0.0, 0.9999
+  t = config.training
+  t.num_steps, t.batch_size, t.substeps = 500000, 128, 10
+  t.steps_per_log, t.steps_per_eval, t.steps_per_save = 100, 100000, 5000
+  t.num_devices = 0
+  config.eval.num_examples = 0            # the NLL of the tables: the whole test split
+  config.eval.batch_size = 128
+  config.eval.num_samples = 0
   return config

@@ -184,6 +184,15 @@ def ddpm_gaussian_bound(betas, var_type: str, mu, s, x0_mean, x0_var=0.0):
   return {"prior": prior, "vb": vb, "total": prior + vb.sum(-1)}
 
 
+def optimal_decoder_nll(ab1: float, mu, s) -> float:
+  """E[-log N(x0; E[x0|x1], v*)] with the optimal per-dimension variance v* = E Var(x0|x1) =
+  s^2 (1 - ab1) / (ab1 s^2 + 1 - ab1), x1 = sqrt(ab1) x0 + sqrt(1 - ab1) eps (Gaussian
+  conditioning), over x0 ~ N(mu, s^2): sum_d 0.5 (log 2 pi + log v*_d + 1), nats."""
+  s2 = np.asarray(s, np.float64) ** 2
+  v = s2 * (1.0 - ab1) / (ab1 * s2 + 1.0 - ab1)
+  return float(np.sum(0.5 * (math.log(2 * math.pi) + np.log(v) + 1.0)))
+
+
 def _expm1mx(v: float) -> float:
   """exp(v) - 1 - v for a Python float, without cancellation: sum_{k>=2} v^k / k! for |v| < 1/2."""
   if abs(v) >= 0.5:

@@ -52,6 +52,20 @@ def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) 
   return np.minimum(1.0 - ab[1:] / ab[:-1], max_beta)
 
 
+def vp_alphas_cumprod(T: int, beta_min: float = 0.1, beta_max: float = 20.0) -> np.ndarray:
+  """alpha_bar(i/T), i = 1..T, of the VP process with beta(t) = beta_min + (beta_max -
+  beta_min) t (Song et al. 2021): alpha_bar(t) = exp(-(beta_min t + (beta_max - beta_min) t^2
+  / 2)). At T = 1000 its betas are DDPM's linear 1e-4..0.02 to first order. float64 [T]."""
+  t = np.arange(1, T + 1, dtype=np.float64) / T
+  return np.exp(-(beta_min * t + 0.5 * (beta_max - beta_min) * t * t))
+
+
+def betas_from_alphas_cumprod(ab: np.ndarray) -> np.ndarray:
+  """beta_i = 1 - alpha_bar_i / alpha_bar_{i-1} (alpha_bar_0 = 1). float64 [T]."""
+  ab = np.asarray(ab, np.float64)
+  return -np.expm1(np.log(ab) - np.log(np.append(1.0, ab[:-1])))
+
+
 _BUILDERS = {
     "linear": linear_betas,
     "cosine": cosine_betas,
