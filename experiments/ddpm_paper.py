@@ -27,7 +27,6 @@ from __future__ import annotations
 import base64
 import copy
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -120,56 +119,6 @@ def run_config(base, run: Run):
   cfg.diffusion.var_type = "learned" if run.variance == "learned" else base.paper.fixed_var_type
   cfg.training.steps_per_eval = cfg.training.num_steps   # one bound evaluation, at the end
   return cfg
-
-
-class RunContext(runs.Run):
-  """One run of the tables (experiments.runs.Run: train or reuse, bound, EMA params, cache)
-  with the extras the tables compute from its EMA parameters."""
-
-  def __init__(self, run: Run, cfg, workdir: str, dataset):
-    super().__init__(run.name, cfg, workdir, dataset)
-    self.run = run
-
-  def train_bound(self, indices: np.ndarray) -> dict:
-    """The full bound (bits/dim, EMA params) on dataset.train[indices], cached."""
-    from vdm import random_streams as streams
-    from vdm import reporting, train
-
-    def compute():
-      timer = common.Timer()
-      bound = train.bound_on(self.setup(), self.ema_params(), self.dataset.train[indices],
-                             streams.eval_key(self.config.seed, self.num_steps))
-      return {"num_examples": int(len(indices)), "summary": reporting.bound_summary(bound),
-              "seconds": timer.seconds}
-
-    key = f"train_bound_{len(indices)}_{hashlib.sha256(indices.tobytes()).hexdigest()[:8]}"
-    return self.cached(key, compute)
-
-  def samples(self, n: int, batch_size: int) -> tuple:
-    """(uint8 levels [n, H, W, C], info dict) from ancestral sampling (T steps), cached .npy."""
-    from vdm import random_streams as streams
-    from vdm import reporting, train
-    path = os.path.join(self.workdir, f"paper_samples_{n}.npy")
-
-    def compute():
-      timer = common.Timer()
-      run = self.setup()
-      x = np.asarray(train.draw_samples(
-          run, train.replicate(self.ema_params(), run.devices),
-          streams.samples_key(self.config.seed, self.num_steps), n, batch_size=batch_size),
-          np.float64)
-      K = self.dataset.num_levels
-      info = {"num": n, "nonfinite_fraction": float(np.mean(~np.isfinite(x))),
-              "out_of_range_fraction": float(np.mean(np.abs(np.nan_to_num(x, nan=9.0))
-                                                     > 1.0 + 1e-6)),
-              "seconds": timer.seconds}
-      np.save(path, frechet.quantize_samples(x, K))
-      reporting.write_sample_grid(os.path.join(self.workdir, "samples", "paper_samples.png"),
-                                  np.nan_to_num(x[:64]), K)
-      return info
-
-    info = self.cached(f"samples_{n}", compute, valid=lambda _: os.path.exists(path))
-    return np.load(path), info
 
 
 # ---------------------------------------------------------------------------------------------
@@ -689,8 +638,8 @@ def compute(config, tables, workdir_root: str, fid_weights: str = "", only=()) -
 
   only: names of the runs to train (empty: all the tables need); the others are 'not run'.
   """
-  timer = common.Timer()
   from vdm import data as data_lib
+  timer = common.Timer()
   validate_paper_config(config)
   unknown = [n for n in only if n not in RUNS_BY_NAME]
   if unknown:
@@ -715,12 +664,11 @@ def compute(config, tables, workdir_root: str, fid_weights: str = "", only=()) -
   train_idx = np.sort(np.random.default_rng(config.seed).choice(len(dataset.train), n_train,
                                                                 replace=False))
   names = [r.name for r in RUNS if any(r.name in TABLE_RUNS[t] for t in tables)]
-  ctxs = {}
-  for name in names:   # validate every run config before training any
-    cfg = run_config(config, RUNS_BY_NAME[name])
-    ctxs[name] = RunContext(RUNS_BY_NAME[name], cfg,
-                            os.path.join(workdir_root, dataset.name, name), dataset)
-    ctxs[name].setup()   # every field checked, the objective built: nothing compiled yet
+  ctxs = {name: runs.Run(name, run_config(config, RUNS_BY_NAME[name]),
+                         os.path.join(workdir_root, dataset.name, name), dataset)
+          for name in names}
+  for ctx in ctxs.values():   # every run's fields checked, its objective built, before training
+    ctx.setup()
   statuses = {name: (ctxs[name].ensure_trained() if not only or name in only
                      else {"state": "not run", "name": name}) for name in names}
 

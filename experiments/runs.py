@@ -219,6 +219,55 @@ class Run:
       self._ema = train.restore(self.config, self.workdir, dataset=self.dataset)
     return self._ema
 
+  # -- evaluations of the trained parameters, cached ------------------------------------------
+  def train_bound(self, indices) -> dict:
+    """The full bound (bits/dim, EMA parameters) on dataset.train[indices]: {num_examples,
+    summary, seconds}, cached per set of indices."""
+    import numpy as np
+    from vdm import random_streams as streams
+    from vdm import reporting, train
+    indices = np.asarray(indices)
+
+    def compute():
+      timer = common.Timer()
+      bound = train.bound_on(self.setup(), self.ema_params(), self.dataset.train[indices],
+                             streams.eval_key(self.config.seed, self.num_steps))
+      return {"num_examples": int(len(indices)), "summary": reporting.bound_summary(bound),
+              "seconds": timer.seconds}
+
+    key = f"train_bound_{len(indices)}_{hashlib.sha256(indices.tobytes()).hexdigest()[:8]}"
+    return self.cached(key, compute)
+
+  def samples(self, n: int, batch_size: int) -> tuple:
+    """(uint8 levels [n, *data shape], info) by ancestral sampling with the EMA parameters;
+    the levels are cached in DIR/paper_samples_<n>.npy (and a grid of 64 in DIR/samples/).
+    info: num, nonfinite_fraction, out_of_range_fraction (of the model-scale values), seconds."""
+    import numpy as np
+    from experiments import frechet
+    from vdm import random_streams as streams
+    from vdm import reporting, train
+    path = os.path.join(self.workdir, f"paper_samples_{n}.npy")
+
+    def compute():
+      timer = common.Timer()
+      run = self.setup()
+      x = np.asarray(train.draw_samples(
+          run, train.replicate(self.ema_params(), run.devices),
+          streams.samples_key(self.config.seed, self.num_steps), n, batch_size=batch_size),
+          np.float64)
+      K = self.dataset.num_levels
+      info = {"num": n, "nonfinite_fraction": float(np.mean(~np.isfinite(x))),
+              "out_of_range_fraction": float(np.mean(np.abs(np.nan_to_num(x, nan=9.0))
+                                                     > 1.0 + 1e-6)),
+              "seconds": timer.seconds}
+      np.save(path, frechet.quantize_samples(x, K))
+      reporting.write_sample_grid(os.path.join(self.workdir, "samples", "paper_samples.png"),
+                                  np.nan_to_num(x[:64]), K)
+      return info
+
+    info = self.cached(f"samples_{n}", compute, valid=lambda _: os.path.exists(path))
+    return np.load(path), info
+
   # -- cache --------------------------------------------------------------------------------
   def cached(self, key: str, compute: Callable[[], object],
              valid: Callable[[object], bool] = lambda value: True):

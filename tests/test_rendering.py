@@ -1,13 +1,28 @@
-"""The committed results regenerate from their saved numbers: each experiment's Markdown body is
-a function of its results JSON alone (rendering is a separate step from computing)."""
+"""The committed results regenerate from their saved numbers: each experiment's Markdown body (and
+figure) is a function of its results JSON alone (rendering is a separate step from computing),
+and the committed Markdown is exactly that rendering under the header of the run that computed
+it."""
 import json
 import os
 
 import pytest
 
-from experiments import compression, exact_bounds, likelihoods
+from experiments import (compression, ddpm_paper, exact_bounds, improved_ddpm, likelihoods,
+                         vdm_paper)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# name -> (render(results, figure directory) -> Markdown body, the figures it draws there)
+RENDERERS = {
+    "compression": (lambda r, d: compression.render(r), ()),
+    "exact_bounds": (lambda r, d: exact_bounds.render(r), ()),
+    "likelihoods": (likelihoods.render, ("likelihoods.png",)),
+    "improved_ddpm": (improved_ddpm.render, ("improved_ddpm.png",)),
+    "vdm_paper": (vdm_paper.render, ("vdm_paper.png",)),
+    "ddpm_table1": (lambda r, d: ddpm_paper.render(r, "table1", d), ()),
+    "ddpm_table2": (lambda r, d: ddpm_paper.render(r, "table2", d), ("ddpm_table2.png",)),
+    "ddpm_table4": (lambda r, d: ddpm_paper.render(r, "table4", d), ("ddpm_table4.png",)),
+}
 
 
 def _committed(name):
@@ -18,18 +33,16 @@ def _committed(name):
   return results, markdown
 
 
-@pytest.mark.parametrize("name, render", [
-    ("compression", compression.render),
-    ("exact_bounds", exact_bounds.render),
-    ("likelihoods", None),
-])
-def test_committed_markdown_is_the_rendering_of_the_committed_json(name, render, tmp_path):
+@pytest.mark.parametrize("name", sorted(RENDERERS))
+def test_committed_markdown_is_the_rendering_of_the_committed_json(name, tmp_path):
+  render, figures = RENDERERS[name]
   results, markdown = _committed(name)
-  if render is None:   # likelihoods also draws its figure into the results directory
-    body = likelihoods.render(results, str(tmp_path))
-    assert (tmp_path / "likelihoods.png").stat().st_size > 1000
-  else:
-    body = render(results)
+  body = render(results, str(tmp_path))
+  for fig in figures:
+    assert (tmp_path / fig).stat().st_size > 1000
   # write_result's header (command, machine, wall time), then exactly the body.
   assert markdown.rstrip().endswith(body.rstrip())
   assert markdown.count(body.strip()) == 1
+  assert f"```\n{results['command']}\n```" in markdown
+  if isinstance(results.get("machine"), str):   # (older files keep a dict of facts)
+    assert f"Machine: {results['machine']}." in markdown
