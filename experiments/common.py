@@ -233,6 +233,18 @@ def define_paper_flags(config_file: str, workdir_root: str, full_scale: str = ""
     flags.DEFINE_bool("full_scale", False, full_scale)
 
 
+def pyplot():
+  """matplotlib.pyplot on the file-only Agg backend, or None when matplotlib is missing (an
+  optional dependency: the scripts then write their tables without figures)."""
+  try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError:
+    return None
+  return plt
+
+
 def save_figure(fig, path: str, dpi: int = 110) -> str:
   """Lay out, write (creating the directory) and close a matplotlib figure; returns path."""
   import matplotlib.pyplot as plt

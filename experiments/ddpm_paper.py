@@ -410,11 +410,8 @@ def table2_conclusions(results: dict, fd_name: str) -> list:
 
 def plot_samples(path: str, samples: dict, real, num_levels: int) -> Optional[str]:
   """One panel of 64 samples per stable run plus the real images (PNG)."""
-  try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-  except ImportError:
+  plt = common.pyplot()
+  if plt is None:
     return None
   from vdm import reporting
   panels = [("real test images", real)] + [(RUNS_BY_NAME[n].name, v) for n, v in samples.items()]
@@ -593,11 +590,8 @@ def render_table4(results: dict, results_dir: str) -> str:
 
 
 def plot_rate_distortion(path: str, rd: dict, K: int) -> Optional[str]:
-  try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-  except ImportError:
+  plt = common.pyplot()
+  if plt is None:
     return None
   T = len(rd["rate"])
   frac = rd["reverse_step"] / T

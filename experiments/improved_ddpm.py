@@ -223,11 +223,8 @@ def conclusions(nll: dict) -> list:
 
 def plot(path: str, records: dict, num_steps: int) -> bool:
   """PNG: (a) the per-timestep bound terms L_t of every run, (b) the L_vlb training losses."""
-  try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-  except ImportError:
+  plt = common.pyplot()
+  if plt is None:
     return False
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
   ax = axes[0]

@@ -62,3 +62,35 @@ def variance_ratio(a: np.ndarray, b: np.ndarray, num_boot: int = 1000, seed: int
   idx = np.random.default_rng(seed).integers(0, va.size, (num_boot, va.size))
   boot = va[idx].mean(axis=1) / vb[idx].mean(axis=1)
   return {"ratio": float(va.mean() / vb.mean()), "se": float(boot.std(ddof=1))}
+
+
+def paired_draws(draw_fn, den_params, gamma_params, x, key, num_draws: int,
+                 batch_size: int) -> dict:
+  """Per-draw, per-example values of draw_fn(den_params, gamma_params, x_batch, key) -> dict of
+  [B] arrays, as a dict of float64 [num_draws, N] (the input of mc_summary and
+  paired_difference).
+
+  Draw d, batch b uses key fold_in(fold_in(key, d), b): identical across settings (paired).
+  """
+  import jax
+  import jax.numpy as jnp
+  n = x.shape[0]
+  batch_size = min(batch_size, n)
+  # Pad the last batch with the first examples (dropped below): one compilation per setting.
+  num_batches = -(-n // batch_size)
+  pad = num_batches * batch_size - n
+  xp = jnp.concatenate([x, x[:pad]]) if pad else x
+  out = None
+  for d in range(num_draws):
+    kd = jax.random.fold_in(key, d)
+    parts = []
+    for b in range(num_batches):
+      xb = xp[b * batch_size:(b + 1) * batch_size]
+      parts.append(jax.device_get(draw_fn(den_params, gamma_params, xb,
+                                          jax.random.fold_in(kd, b))))
+    row = {k: np.concatenate([p[k] for p in parts])[:n].astype(np.float64) for k in parts[0]}
+    if out is None:
+      out = {k: np.empty((num_draws, n)) for k in row}
+    for k, v in row.items():
+      out[k][d] = v
+  return out

@@ -127,6 +127,22 @@ def alpha_sigma_from_gamma(gamma):
   return jnp.exp(0.5 * jax.nn.log_sigmoid(-gamma)), jnp.exp(0.5 * jax.nn.log_sigmoid(gamma))
 
 
+def cosine_gamma(ends, t):
+  """gamma(t) = g0 + (g1 - g0) (c(t) - c(0)) / (c(1) - c(0)), c(t) = 2 log tan(a + (b - a) t)
+  with tan(a) = exp(g0 / 2), tan(b) = exp(g1 / 2): the log-SNR of alpha = cos, sigma = sin
+  (the continuous cosine schedule, Nichol & Dhariwal eq. 17 without the offset), exact at both
+  endpoints. ends = [gamma(0), gamma(1)] (a traced array); t: [] or [B] -> same shape."""
+  g0, g1 = ends[0], ends[1]
+  a, b = jnp.arctan(jnp.exp(0.5 * g0)), jnp.arctan(jnp.exp(0.5 * g1))
+  c = lambda u: 2.0 * jnp.log(jnp.tan(a + (b - a) * u))
+  return g0 + (g1 - g0) * (c(t) - c(0.0)) / (c(1.0) - c(0.0))
+
+
+def quadratic_gamma(ends, t):
+  """gamma(t) = g0 + (g1 - g0) t^2: strictly increasing on (0, 1], ends = [gamma(0), gamma(1)]."""
+  return ends[0] + (ends[1] - ends[0]) * t * t
+
+
 def _check_endpoints(gamma_min, gamma_max):
   if not (math.isfinite(gamma_min) and math.isfinite(gamma_max) and gamma_max > gamma_min):
     raise ValueError("gamma schedule needs finite gamma_min < gamma_max, got "
