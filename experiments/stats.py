@@ -1,5 +1,5 @@
-"""The statistics of the experiment scripts: standard errors, paired Monte Carlo differences,
-a bootstrap ratio, and the claim verdict with one wording.
+"""The statistics of the experiment scripts: paired Monte Carlo draws over a test set, standard
+errors, paired differences, a bootstrap ratio, and the claim verdict with one wording.
 
 Verdicts: "holds", "does NOT hold", "not resolved" (the Monte Carlo error allows either).
 """

@@ -52,7 +52,8 @@ import numpy as np
 
 from experiments import common
 from experiments import runs as runs_lib
-from experiments.stats import mc_summary, paired_difference, variance_ratio, verdict
+from experiments.stats import (mc_summary, paired_difference, paired_draws, variance_ratio,
+                               verdict)
 
 NAME = "vdm_paper"
 TITLE = ("VDM (Kingma et al. 2021): discrete vs continuous time, schedule invariance, learned "
@@ -121,27 +122,12 @@ def run_config(base: ml_collections.ConfigDict, run: str) -> ml_collections.Conf
 
 
 # ------------------------------------------------------------------------------------------
-# Schedules with given endpoints (pure functions of (ends, t); ends = [gamma(0), gamma(1)]).
-
-def _cosine_gamma(ends, t):
-  """gamma(t) = g0 + (g1 - g0) (c(t) - c(0)) / (c(1) - c(0)), c(t) = 2 log tan(a + (b - a) t)
-  with tan(a) = exp(g0 / 2), tan(b) = exp(g1 / 2): the log-SNR of alpha = cos, sigma = sin
-  (the continuous cosine schedule), exact at both endpoints. t: [] or [B] -> same shape."""
-  import jax.numpy as jnp
-  g0, g1 = ends[0], ends[1]
-  a, b = jnp.arctan(jnp.exp(0.5 * g0)), jnp.arctan(jnp.exp(0.5 * g1))
-  c = lambda u: 2.0 * jnp.log(jnp.tan(a + (b - a) * u))
-  return g0 + (g1 - g0) * (c(t) - c(0.0)) / (c(1.0) - c(0.0))
-
-
-def _quadratic_gamma(ends, t):
-  """gamma(t) = g0 + (g1 - g0) t^2: strictly increasing on (0, 1], same endpoints."""
-  return ends[0] + (ends[1] - ends[0]) * t * t
-
+# Schedules with given endpoints (vdm.diffusion.schedules: functions of (ends, t)).
 
 def alt_gamma(name: str):
   """The schedule function (ends, t) -> gamma(t) named `name` (ALT_SCHEDULES)."""
-  fns = {"cosine": _cosine_gamma, "quadratic": _quadratic_gamma}
+  from vdm.diffusion.schedules import cosine_gamma, quadratic_gamma
+  fns = {"cosine": cosine_gamma, "quadratic": quadratic_gamma}
   if name not in fns:
     raise ValueError(f"schedule must be one of {list(ALT_SCHEDULES)}, got {name!r}")
   return fns[name]
@@ -163,36 +149,6 @@ def make_draw_fn(objective, gamma_fn, T: int):
     return losses_to_bpd(nats, num_dims)
 
   return jax.jit(draw)
-
-
-def mc_draws(draw_fn, den_params, gamma_params, x, key, num_draws: int,
-             batch_size: int) -> dict:
-  """Per-draw, per-example bound terms: dict of float64 [num_draws, N] (bits/dim).
-
-  Draw d, batch b uses key fold_in(fold_in(key, d), b): identical across settings (paired).
-  """
-  import jax
-  import jax.numpy as jnp
-  n = x.shape[0]
-  batch_size = min(batch_size, n)
-  # Pad the last batch with the first examples (dropped below): one compilation per setting.
-  num_batches = -(-n // batch_size)
-  pad = num_batches * batch_size - n
-  xp = jnp.concatenate([x, x[:pad]]) if pad else x
-  out = None
-  for d in range(num_draws):
-    kd = jax.random.fold_in(key, d)
-    parts = []
-    for b in range(num_batches):
-      xb = xp[b * batch_size:(b + 1) * batch_size]
-      parts.append(jax.device_get(draw_fn(den_params, gamma_params, xb,
-                                          jax.random.fold_in(kd, b))))
-    row = {k: np.concatenate([p[k] for p in parts])[:n].astype(np.float64) for k in parts[0]}
-    if out is None:
-      out = {k: np.empty((num_draws, n)) for k in row}
-    for k, v in row.items():
-      out[k][d] = v
-  return out
 
 
 def ratio_text(r: dict) -> str:
@@ -252,7 +208,7 @@ def compute(config, workdir_root: str, full_scale: bool) -> dict:
   # (a) one model, T = discrete_T..., and continuous time (T = 0), paired draws.
   lo, lp = obj["learned_linear"], runs["learned_linear"]["params"]
   settings = list(x_cfg.discrete_T) + [0]
-  draws_a = {T: mc_draws(make_draw_fn(lo, lo.gamma_fn, T), lp["denoiser"], lp["gamma"], x, key,
+  draws_a = {T: paired_draws(make_draw_fn(lo, lo.gamma_fn, T), lp["denoiser"], lp["gamma"], x, key,
                          M, bs) for T in settings}
   cont = draws_a[0]
   a = [{"T": T, "bound": mc_summary(draws_a[T]["loss"]),
@@ -267,7 +223,7 @@ def compute(config, workdir_root: str, full_scale: bool) -> dict:
   ends = jnp.asarray(g_ends, jnp.float32)
   b = []
   for name in x_cfg.alt_schedules:
-    dr = mc_draws(make_draw_fn(lo, alt_gamma(name), 0), lp["denoiser"], ends, x, key, M, bs)
+    dr = paired_draws(make_draw_fn(lo, alt_gamma(name), 0), lp["denoiser"], ends, x, key, M, bs)
     b.append({"schedule": name, "ends": ends_of(alt_gamma(name), ends),
               "bound": mc_summary(dr["loss"]), "diffusion": mc_summary(dr["loss_diff"]),
               "minus_own": paired_difference(dr["loss"], cont["loss"]),
@@ -277,7 +233,7 @@ def compute(config, workdir_root: str, full_scale: bool) -> dict:
   draws_c = {"learned_linear": cont}
   if "fixed_linear" in runs:
     fo, fp = obj["fixed_linear"], runs["fixed_linear"]["params"]
-    draws_c["fixed_linear"] = mc_draws(make_draw_fn(fo, fo.gamma_fn, 0), fp["denoiser"],
+    draws_c["fixed_linear"] = paired_draws(make_draw_fn(fo, fo.gamma_fn, 0), fp["denoiser"],
                                        fp["gamma"], x, key, M, bs)
   c = {r: {"ends": ends_of(obj[r].gamma_fn, runs[r]["params"]["gamma"]),
            **{k: mc_summary(dr[k]) for k in ("loss", "loss_recon", "loss_klz", "loss_diff")}}

@@ -137,7 +137,7 @@ def test_variance_ratio():
   assert "no difference" in P.ratio_text({"ratio": 1.01, "se": 0.1})
 
 
-def test_mc_draws_assembles_padded_batches_in_order():
+def test_paired_draws_assembles_padded_batches_in_order():
   """A draw function whose output is known: example values come back in order, padding is
   dropped, and draw d / batch b see the key fold_in(fold_in(key, d), b)."""
   key = jax.random.PRNGKey(3)
@@ -146,7 +146,8 @@ def test_mc_draws_assembles_padded_batches_in_order():
     return {"loss": x[:, 0] + jax.random.uniform(k, ())}
 
   x = jnp.arange(7.0)[:, None]
-  out = P.mc_draws(jax.jit(draw_fn), None, None, x, key, num_draws=3, batch_size=3)["loss"]
+  out = stats.paired_draws(jax.jit(draw_fn), None, None, x, key, num_draws=3,
+                           batch_size=3)["loss"]
   assert out.shape == (3, 7)
   for d in range(3):
     for b in range(3):
