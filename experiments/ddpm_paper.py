@@ -81,6 +81,9 @@ PAPER_TABLE4 = ((1000, 1.77581, 0.95136), (900, 0.11994, 12.02277), (800, 0.0541
                 (400, 0.00282, 46.12765), (300, 0.00081, 54.18826), (200, 0.00013, 60.97170),
                 (100, 0.00000, 67.60125))
 PAPER_SPLIT = (1.78, 1.97, 3.75, 0.95)   # rate, distortion L_0, total (bits/dim), final RMSE
+# The paper's Table 4 as rate and distortion at reverse steps 100, 200, ..., 1000 (of 10).
+PAPER_RD = {"rate": [r for _, r, _ in PAPER_TABLE4[::-1]],
+            "distortion": [d for _, _, d in PAPER_TABLE4[::-1]]}
 
 
 def tables_to_write(table: str) -> tuple:
@@ -506,6 +509,17 @@ def table4(ctxs: dict, statuses: dict, dataset) -> dict:
           "decoder_bpd": float(np.asarray(record["terms"]["vb"])[0])}
 
 
+def steepness(rd: dict) -> tuple:
+  """At reverse step 0.9 T: (the fraction of the final rate received, the fraction of the
+  distortion drop done, counted from reverse step 0.1 T, the paper's first row). rd: rate and
+  distortion [T] at reverse steps 1..T."""
+  T = len(rd["rate"])
+  s9, s1 = max(1, int(round(0.9 * T))), max(1, int(round(0.1 * T)))
+  rate, dist = np.asarray(rd["rate"]), np.asarray(rd["distortion"])
+  return (float(rate[s9 - 1] / rate[-1]),
+          float((dist[s1 - 1] - dist[s9 - 1]) / (dist[s1 - 1] - dist[-1])))
+
+
 def render_table4(results: dict, results_dir: str) -> str:
   """Table 4's Markdown (and ddpm_table4.png) from its results."""
   t4, data = results["table4"], results["data"]
@@ -547,15 +561,8 @@ def render_table4(results: dict, results_dir: str) -> str:
       [f"final RMSE (reverse step T), 0-255 | ours 0-{K - 1}", f"{PAPER_SPLIT[3]:.2f}",
        f"{rd['distortion'][-1]:.4f} (x 255/{K - 1} = {rd['distortion'][-1] * to255:.3f})"],
   ]
-  # Steepness: at reverse step 0.9 T, what fraction of the final rate has been received and what
-  # fraction of the distortion drop (from reverse step 0.1 T, the paper's first row) is done.
-  def steep(rate_at, d_from, d_at, d_end, rate_end):
-    return rate_at / rate_end, (d_from - d_at) / (d_from - d_end)
-
-  p_rate, p_drop = steep(0.11994, 67.60125, 12.02277, 0.95136, 1.77581)
+  (p_rate, p_drop), (o_rate, o_drop) = steepness(PAPER_RD), steepness(rd)
   s9, s1 = max(1, int(round(0.9 * T))), max(1, int(round(0.1 * T)))
-  o_rate, o_drop = steep(rd["rate"][s9 - 1], rd["distortion"][s1 - 1],
-                         rd["distortion"][s9 - 1], rd["distortion"][-1], rate_total)
   fig = plot_rate_distortion(os.path.join(results_dir, "ddpm_table4.png"), rd, K)
   lines = head + [
       common.markdown_table(headers, rows),
@@ -700,6 +707,54 @@ def render(results: dict, table: str, results_dir: str) -> str:
   if reused:
     note += " The wall time at the top is the invocation's that computed these results."
   return body + note
+
+
+README_LABELS = {
+    "mean_L_learned": "mu~ prediction, L, learned diagonal Sigma",
+    "mean_L_fixed": "mu~ prediction, L, fixed isotropic Sigma",
+    "mean_mse": "mu~ prediction, unweighted MSE",
+    "eps_L_learned": "eps prediction, L, learned diagonal Sigma",
+    "eps_L_fixed": "eps prediction, L, fixed isotropic Sigma",
+    "eps_simple": "eps prediction, L_simple"}
+
+
+def readme_table(results: dict, table: str) -> str:
+  """README's summary of one table, from its results."""
+  if table == "table2":
+    t2 = results["table2"]
+    rows = []
+    for run in RUNS:
+      r = t2["runs"][run.name]
+      stable = ("yes" if r["state"].startswith("stable") else
+                "not run" if r["state"] == NOT_RUN else "no")
+      rows.append([README_LABELS[run.name],
+                   f"{run.paper_fid:.2f}" if run.paper_fid is not None else "unstable",
+                   stable, fmt(r["nll"]),
+                   "—" if r["fd"] is None else f"{r['fd']:.1f} ± {r['fd_sd']:.1f}"])
+    return common.markdown_table(["objective", "paper FID (CIFAR-10)", "ours: stable",
+                                  "ours: test NLL bound (bits/dim)",
+                                  f"ours: {t2['fd_name'].split('-')[0]}"], rows)
+  if table == "table1":
+    labels = {"eps_L_fixed": "L (eps, fixed isotropic Sigma)", "eps_simple": "L_simple"}
+    rows = [[labels[n], f"≤ {PAPER_NLL[n][0]:.2f} ({PAPER_NLL[n][1]:.2f})",
+             f"≤ {r['test']:.4f} ({r['train']:.4f})" if "test" in r else r["state"]]
+            for n, r in results["table1"].items()]
+    return common.markdown_table(["objective", "paper: test (train)",
+                                  "ours: test (train), bits/dim"], rows)
+  t4, K = results["table4"], results["data"]["num_levels"]
+  rd = t4["rate_distortion"]
+  (p_rate, p_drop), (o_rate, o_drop) = steepness(PAPER_RD), steepness(rd)
+  last = rd["distortion"][-1]
+  rows = [["rate = L_T + ... + L_1", f"{PAPER_SPLIT[0]:.2f}", f"{rd['rate'][-1]:.4f}"],
+          ["distortion = L_0", f"{PAPER_SPLIT[1]:.2f}", f"{t4['decoder_bpd']:.4f}"],
+          ["total", f"{PAPER_SPLIT[2]:.2f}", f"{t4['total_bpd']:.4f}"],
+          ["distortion at the last step (RMSE)", f"{PAPER_SPLIT[3]:.2f}",
+           f"{last:.3f} ({last * 255 / (K - 1):.2f})"],
+          ["at 90% of the reverse steps: share of rate, of distortion drop",
+           f"{p_rate:.1%}, {p_drop:.1%}", f"{o_rate:.1%}, {o_drop:.1%}"]]
+  return common.markdown_table(
+      ["", "paper (CIFAR-10, 0-255)",
+       f"ours ({results['data']['name']}, 0-{K - 1}; x 255/{K - 1})"], rows)
 
 
 def run_tables(config, tables, workdir_root: str, results_dir: str = common.RESULTS,

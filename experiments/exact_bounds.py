@@ -424,6 +424,20 @@ def render(results: dict) -> str:
                    results["mc"], results["part_seconds"]))
 
 
+def readme_table(results: dict) -> str:
+  """README's table of (iii): the VDM and DDPM bounds (bits/dim) of the Gaussian data by T."""
+  gt = results["gaussian"]
+  D = gt["D"]
+  label = lambda T: f"T = {T}" if T <= 1000 else f"T = 10^{round(math.log10(T))}"
+  Ts = [T for T, _ in gt["vdm_fixed"]]
+  ddpm = {r["T"]: r["fixed_small"] for r in gt["ddpm"]}
+  rows = [["VDM, fixed log-SNR endpoints"] + [f"{_bpd(v, D):.5f}" for _, v in gt["vdm_fixed"]]
+          + [f"{_bpd(gt['vdm_cont'], D):.5f}"],
+          ["DDPM fixed_small (VP grid)"] + [f"{_bpd(ddpm[T], D):.5f}" if T in ddpm else "-"
+                                            for T in Ts] + ["-"]]
+  return common.markdown_table(["bound"] + [label(T) for T in Ts] + ["continuous"], rows)
+
+
 def main(argv):
   del argv
   import sys

@@ -440,6 +440,27 @@ def render(results: dict, results_dir: str) -> str:
   return report(base, results["full_scale"], results["records"], fig_path, fig_ok)
 
 
+def readme_table(results: dict) -> str:
+  """README's summary table: the test NLL bound of each cell beside the paper's CIFAR-10 values
+  (the lowest of a row in bold when the row has all three objectives)."""
+  nll = {run: (rec.get("bound") or {}).get("summary", {}).get("total_bpd")
+         for run, rec in results["records"].items()}
+
+  def row(label, values, digits):
+    full = [v for v in values[:3] if v is not None]
+    best = min(full) if len(full) == 3 else None
+    cell = lambda v: ("-" if v is None else f"**{v:.{digits}f}**" if v == best
+                      else f"{v:.{digits}f}")
+    return [label] + [cell(v) for v in values]
+
+  rows = [row(f"{s}, ours", [nll.get(f"{s}_{o}") for o in OBJECTIVES]
+              + [nll.get(VLB_UNIFORM) if s == "cosine" else None], 4) for s in SCHEDULES]
+  rows += [row(f"{s}, paper", [PAPER_CIFAR10[f"{s}_{o}"] for o in OBJECTIVES] + [None], 2)
+           for s in SCHEDULES]
+  return common.markdown_table(["schedule", "L_simple (fixed Sigma)", "L_hybrid (learned range)",
+                                "L_vlb (importance-sampled t)", "L_vlb, uniform t"], rows)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")

@@ -424,6 +424,22 @@ def render(results: dict, results_dir: str) -> str:
   return "\n".join(body)
 
 
+def readme_table(results: dict) -> str:
+  """README's summary: the bound of one model for each T and schedule, and of the fixed-
+  schedule model, with the paired differences."""
+  label = lambda T: "continuous time" if T == 0 else f"T = {T}"
+  rows = [[label(r["T"]), pm(r["bound"]),
+           pm(r["minus_continuous"]) if r["minus_continuous"] else "0"] for r in results["a"]]
+  rows += [[f"same denoiser, {r['schedule']} schedule, same endpoints", pm(r["bound"]),
+            f"{pm(r['minus_own'])} ({_z(r['minus_own']):+.1f} SE)"] for r in results["b"]]
+  if results["learned_vs_fixed"]:
+    rows.append(["a second model with a fixed linear schedule",
+                 pm(results["c"]["fixed_linear"]["loss"]),
+                 f"learned minus fixed: {pm(results['learned_vs_fixed']['difference'])}"])
+  return common.markdown_table(["one trained model, evaluated with", "bound (bits/dim)",
+                                "minus continuous (paired)"], rows)
+
+
 def main(argv):
   del argv
   FLAGS = flags.FLAGS

@@ -46,3 +46,19 @@ def test_committed_markdown_is_the_rendering_of_the_committed_json(name, tmp_pat
   assert f"```\n{results['command']}\n```" in markdown
   if isinstance(results.get("machine"), str):   # (older files keep a dict of facts)
     assert f"Machine: {results['machine']}." in markdown
+
+
+def test_readme_tables_are_the_renderings_of_the_committed_results():
+  """Every marked table of README.md is its experiment's readme_table of the committed JSON
+  (`python -m experiments.readme` rewrites them), and a stale number is caught."""
+  from experiments import readme
+  with open(readme.README) as f:
+    text = f.read()
+  names = readme.BLOCK.findall(text)
+  assert {m[1] for m in names} >= {"improved_ddpm", "exact_bounds"}
+  assert readme.render(text) == text
+  stale = text.replace("<!-- results: improved_ddpm -->\n| schedule",
+                       "<!-- results: improved_ddpm -->\n| schedules")
+  assert stale != text and readme.render(stale) == text
+  with pytest.raises(ValueError, match="no experiment of that name"):
+    readme.render("<!-- results: nope -->\n| x |\n<!-- /results -->")
