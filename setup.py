@@ -29,7 +29,7 @@ setup(
     "extras": ["matplotlib>=3.8,<4", "tensorboardX>=2.6,<3"],
     # Independent reference computations used by the tests (mpmath: high-precision references
     # of the numerics tests; numpyro: the IWAE benchmark's peer).
-    "test": ["pytest>=8,<10", "scipy>=1.11,<2", "matplotlib>=3.8,<4",
+    "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "scipy>=1.11,<2", "matplotlib>=3.8,<4",
         "tensorboardX>=2.6,<3", "numpyro>=0.15,<0.30", "mpmath>=1.3,<2"],
     # Peers measured by the benchmark scripts.
     "bench": ["numpyro>=0.15,<0.30", "funsor>=0.4,<0.5"],

@@ -31,5 +31,6 @@ def test_readme_elbo_example_runs_and_the_identity_holds():
 def test_readme_commands_match_ci():
   text = open(README).read()
   ci = open(os.path.join(os.path.dirname(README), ".ci", "run")).read()
-  test_cmd = re.search(r'pip install -e "\.\[test\]" && python -m pytest -q tests', text)
+  test_cmd = re.search(r'pip install -e "\.\[test\]" && python -m pytest -q -n 2 --dist loadfile '
+                       r'tests', text)
   assert test_cmd and test_cmd.group(0) in ci
