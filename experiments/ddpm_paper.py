@@ -20,7 +20,9 @@ distortion at every reverse step of the eps + L_simple run (vdm.diffusion.ddpm.r
 Runs live in <workdir_root>/<dataset>/<run>; rerunning reuses finished runs (a trained run is
 never retrained, its bound, samples and train-split bound are cached in the run directory) and
 resumes unfinished ones from their checkpoints. A run whose loss becomes non-finite
-(train.NonFiniteLossError) is recorded as diverged and not retried.
+(train.NonFiniteLossError) is recorded as diverged and not retried. Each table's numbers (and
+the samples its figure shows) are saved to results/ddpm_<table>.json and the Markdown and
+figures are rendered from that file; `--render_only` redraws them without any run directory.
 """
 from __future__ import annotations
 
