@@ -135,25 +135,7 @@ def base_config(cpu_config: ml_collections.ConfigDict, full_scale: bool,
 
 
 # ------------------------------------------------------------------------------------------
-# Running and reading runs (experiments.runs).
-
-def run_of(root: str, run: str, config) -> runs.Run:
-  """The run's directory root/<run>-<fingerprint> (an earlier sha1-named one is moved there)."""
-  return runs.Run(run, config, runs.run_dir(root, run, config,
-                                            legacy=(runs.legacy_dir(root, run, config),)))
-
-
-def train_run(r: runs.Run) -> dict:
-  """Train (or resume) and evaluate one run unless it finished before; returns its record:
-  run, status ("ok" | "diverged"), seconds (train + eval, of the run that made the result),
-  reused (bool), error (str, diverged runs)."""
-  status = r.ensure_trained()
-  info = {"run": r.name, "status": "ok" if status["state"] == "trained" else "diverged",
-          "seconds": status["train_seconds"], "reused": not status["trained_now"]}
-  if "message" in status:
-    info["error"] = status["message"]
-  return info
-
+# The training-loss noise of a run.
 
 def loss_noise(rows: list, key: str = "loss") -> dict:
   """Statistics of the per-batch training loss over the second half of training.
@@ -397,9 +379,15 @@ def report(base, full_scale: bool, records: dict, fig_path: str, fig_ok: bool) -
 # ------------------------------------------------------------------------------------------
 
 def record(r: runs.Run) -> dict:
-  """One run's entry of the results: its record (`train_run`), bound summary and terms,
-  per-step training loss and the loss-noise statistics (JSON-able)."""
-  info = train_run(r)
+  """Train (or resume) and evaluate one run unless it finished before; returns its entry of
+  the results (JSON-able): info (run, status "ok" | "diverged", seconds of train + eval when
+  it was made, reused, error of a diverged run), the bound's summary and terms, the per-step
+  training loss and its noise statistics."""
+  status = r.ensure_trained()
+  info = {"run": r.name, "status": "ok" if status["state"] == "trained" else "diverged",
+          "seconds": status["train_seconds"], "reused": not status["trained_now"]}
+  if "message" in status:
+    info["error"] = status["message"]
   metrics = [{"step": m["step"], "loss": m["loss"]} for m in r.train_metrics() if "loss" in m]
   bound = None
   if info["status"] == "ok":
@@ -423,7 +411,7 @@ def compute(base, names: list, full_scale: bool, workdir_root: str, progress=Non
   results = {"config": json.loads(base.to_json()), "full_scale": bool(full_scale),
              "records": {run: {} for run in names}}
   for run, config in configs.items():
-    r = run_of(workdir_root, run, config)
+    r = runs.Run.under(workdir_root, run, config)
     logging.info("=== %s -> %s", run, r.workdir)
     results["records"][run] = rec = record(r)
     logging.info("%s: %s", run, rec["bound"]["summary"] if rec["bound"] else rec["info"])

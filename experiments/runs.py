@@ -119,6 +119,13 @@ class Run:
     self._ema = None
     self._setup = None
 
+  @classmethod
+  def under(cls, root: str, name: str, config, dataset=None) -> "Run":
+    """The run in root/<name>-<fingerprint> (`run_dir`; a directory of the earlier sha1-named
+    layout of improved_ddpm and vdm_paper is moved there)."""
+    legacy = (legacy_dir(root, name, config),)
+    return cls(name, config, run_dir(root, name, config, legacy=legacy), dataset)
+
   # -- status -------------------------------------------------------------------------------
   def _status(self) -> Optional[dict]:
     status = read_json(self.status_path)

@@ -193,9 +193,7 @@ def compute(config, workdir_root: str, full_scale: bool) -> dict:
   dataset = data_lib.load_dataset(configs["learned_linear"].data)
   runs = {}
   for r in run_names:
-    wd = runs_lib.run_dir(workdir_root, r, configs[r],
-                          legacy=(runs_lib.legacy_dir(workdir_root, r, configs[r]),))
-    runs[r] = train_run(runs_lib.Run(r, configs[r], wd, dataset))
+    runs[r] = train_run(runs_lib.Run.under(workdir_root, r, configs[r], dataset))
   obj = {r: objectives.build_objective(configs[r], dataset.shape, dataset.num_levels)
          for r in run_names}
   n = x_cfg.num_examples or dataset.test.shape[0]
