@@ -20,6 +20,7 @@ import scipy.linalg
 from experiments import ddpm_paper as P
 from experiments import frechet
 from md_tables import table_rows
+from subprocess_env import fast_compile_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -192,7 +193,8 @@ RUNS = ["--runs=eps_simple"]
 def _run(tmp, *flags):
   cmd = [sys.executable, "-m", "experiments.ddpm_paper", f"--workdir_root={tmp}/w",
          f"--results_dir={tmp}/r", *flags, *TINY, *RUNS]
-  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
+                        env=fast_compile_env())
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc
 

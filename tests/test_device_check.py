@@ -9,17 +9,16 @@ import subprocess
 import sys
 
 from md_tables import table_rows
+from subprocess_env import fast_compile_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 def test_quick_device_check_writes_every_figure(tmp_path):
   out = tmp_path / "device_check.md"
-  env = dict(os.environ, XLA_FLAGS=FAST_COMPILE)       # one CPU device, fast compiles
   proc = subprocess.run([sys.executable, "-m", "experiments.device_check", "--quick",
                          f"--output={out}"], cwd=REPO, capture_output=True, text=True,
-                        timeout=600, env=env)
+                        timeout=600, env=fast_compile_env())
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith('{"bench"')]
   saved = [json.loads(l) for l in (tmp_path / "device_check.jsonl").read_text().splitlines()]

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from md_tables import numbers as _numbers, table_rows as _table  # noqa: E402
+from subprocess_env import fast_compile_env  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,7 +28,7 @@ def test_smoke_whole_script(tmp_path):
            "--config.discrete.train_steps=3", "--config.gaussian.T_list=(10,100)",
            "--config.gaussian.mc_T=5", "--config.gaussian.mc_num_examples=50"]
   proc = subprocess.run([sys.executable, "-m", "experiments.exact_bounds", *flags], cwd=REPO,
-                        capture_output=True, text=True, timeout=600)
+                        capture_output=True, text=True, timeout=600, env=fast_compile_env())
   assert proc.returncode == 0, proc.stderr[-3000:]
   text = out.read_text()
   assert text.startswith("# Exact bounds")

@@ -30,6 +30,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from md_tables import table  # noqa: E402
+from subprocess_env import fast_compile_env  # noqa: E402
 from experiments import improved_ddpm as E  # noqa: E402  (no flags defined at import)
 from experiments import runs  # noqa: E402
 
@@ -58,12 +59,9 @@ def tiny_base():
 
 
 def run_script(*flags, timeout=600):
-  env = dict(os.environ)
-  # Compile fast: the tiny programs need no optimization (halves the CPU time here).
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
-                      " --xla_llvm_disable_expensive_passes=true").strip()
   proc = subprocess.run([sys.executable, "-m", "experiments.improved_ddpm", *flags], cwd=REPO,
-                        capture_output=True, text=True, timeout=timeout, env=env)
+                        capture_output=True, text=True, timeout=timeout,
+                        env=fast_compile_env())
   assert proc.returncode == 0, proc.stderr[-4000:]
   return proc
 

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+from subprocess_env import fast_compile_env  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SMALL = ["--config.training.num_steps=10", "--config.training.steps_per_eval=10",
@@ -19,7 +21,7 @@ SMALL = ["--config.training.num_steps=10", "--config.training.steps_per_eval=10"
 
 def _run(args):
   proc = subprocess.run([sys.executable, "-m", "experiments.likelihoods", *args], cwd=REPO,
-                        env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True,
+                        env=fast_compile_env(), capture_output=True, text=True,
                         timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc

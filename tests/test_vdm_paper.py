@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from md_tables import numbers as _numbers, table_rows as _table  # noqa: E402
+from subprocess_env import fast_compile_env  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,7 +34,7 @@ def test_smoke_whole_script(tmp_path):
       "--config.experiment.num_draws=2", "--config.experiment.discrete_T=(3,)",
       "--config.experiment.alt_schedules=('cosine',)", "--config.experiment.num_examples=8",
       "--config.experiment.eval_batch_size=8"]
-  env = dict(os.environ, XLA_FLAGS="")     # one CPU device, whatever conftest set
+  env = fast_compile_env()
   proc = subprocess.run([sys.executable, "-m", "experiments.vdm_paper", *flags], cwd=REPO,
                         capture_output=True, text=True, timeout=600, env=env)
   assert proc.returncode == 0, proc.stderr[-3000:]
