@@ -107,6 +107,7 @@ def parse_runs(runs, vlb_uniform: bool) -> list:
 
 full_scale_config = improved_ddpm_digits.full_scale
 
+
 def run_config(base: ml_collections.ConfigDict, run: str,
                full_scale: bool) -> ml_collections.ConfigDict:
   """The config of one run: base with the schedule and the objective of `run` set."""

@@ -54,8 +54,9 @@ def test_smoke_whole_script(tmp_path):
   saved = json.loads((tmp_path / "exact_bounds.json").read_text())
   assert saved["config"]["elbo"]["models"] == ["sbn"] and len(saved["mc"]) == 4
   out.unlink()
-  proc = subprocess.run([sys.executable, "-m", "experiments.exact_bounds", f"--results_dir={tmp_path}",
-                         "--render_only"], cwd=REPO, capture_output=True, text=True, timeout=300)
+  proc = subprocess.run([sys.executable, "-m", "experiments.exact_bounds",
+                         f"--results_dir={tmp_path}", "--render_only"], cwd=REPO,
+                        capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert out.read_text() == text
 
