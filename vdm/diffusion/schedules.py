@@ -130,8 +130,8 @@ def alpha_sigma_from_gamma(gamma):
 def cosine_gamma(ends, t):
   """gamma(t) = g0 + (g1 - g0) (c(t) - c(0)) / (c(1) - c(0)), c(t) = 2 log tan(a + (b - a) t)
   with tan(a) = exp(g0 / 2), tan(b) = exp(g1 / 2): the log-SNR of alpha = cos, sigma = sin
-  (the continuous cosine schedule, Nichol & Dhariwal eq. 17 without the offset), exact at both
-  endpoints. ends = [gamma(0), gamma(1)] (a traced array); t: [] or [B] -> same shape."""
+  (the continuous cosine schedule of Nichol & Dhariwal eq. 17, its angle range set by the
+  endpoints instead of the offset s), exact at both endpoints. ends = [gamma(0), gamma(1)] (a traced array); t: [] or [B] -> same shape."""
   g0, g1 = ends[0], ends[1]
   a, b = jnp.arctan(jnp.exp(0.5 * g0)), jnp.arctan(jnp.exp(0.5 * g1))
   c = lambda u: 2.0 * jnp.log(jnp.tan(a + (b - a) * u))
