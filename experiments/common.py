@@ -144,9 +144,15 @@ def define_experiment_flags(config_file: str, workdir: str, what: str) -> None:
                                   "Experiment config (a vdm config with an `experiment` group).")
   flags.DEFINE_string("workdir", os.path.join(REPO, "workdirs", workdir),
                       f"Run directory of {what} (trained if absent, reused if done).")
-  flags.DEFINE_string("results_dir", RESULTS, "Where the JSON, Markdown (and figures) go.")
-  flags.DEFINE_bool("render_only", False, "Only redraw the Markdown (and figures) from the "
-                    "saved JSON.")
+  _define_results_flags()
+
+
+def _define_results_flags() -> None:
+  """--results_dir and --render_only, of every script with saved results."""
+  from absl import flags
+  flags.DEFINE_string("results_dir", RESULTS, "Where the JSON, Markdown and figures go.")
+  flags.DEFINE_bool("render_only", False, "Only redraw the Markdown and figures from the "
+                    "saved JSON (no training, no evaluation).")
 
 
 def run_experiment(name: str, title: str, compute, render) -> str:
@@ -226,9 +232,7 @@ def define_paper_flags(config_file: str, workdir_root: str, full_scale: str = ""
                                   "CPU-scale base config of the runs.", lock_config=False)
   flags.DEFINE_string("workdir_root", os.path.join("workdirs", workdir_root),
                       "Root of the run directories (one per run, named by its config).")
-  flags.DEFINE_string("results_dir", RESULTS, "Where the JSON, Markdown and figures go.")
-  flags.DEFINE_bool("render_only", False, "Only redraw the Markdown and figures from the "
-                    "saved JSON (no training, no evaluation).")
+  _define_results_flags()
   if full_scale:
     flags.DEFINE_bool("full_scale", False, full_scale)
 

@@ -228,6 +228,7 @@ def table2(config, dataset, ctxs: dict, statuses: dict, n_test: int, train_idx,
   ref_v = dataset.test[:n_test] if p.fd_reference == "test" else dataset.train[train_idx]
   ref_f = clf.features(ref_v)
   other_v = dataset.train[train_idx] if p.fd_reference == "test" else dataset.test[:n_test]
+  fid_ref_v = dataset.train if p.fid_reference == "train" else dataset.test
   out = {"fd_name": f"FD_{dataset.name}-classifier", "n_samples": n_samples,
          "test_accuracy": clf.test_accuracy, "num_reference": len(ref_v),
          "num_other": len(other_v),
@@ -235,9 +236,8 @@ def table2(config, dataset, ctxs: dict, statuses: dict, n_test: int, train_idx,
          "floor_sd": frechet.bootstrap_std(clf.features(other_v), ref_f, int(p.fd_bootstrap)),
          "classifier_seconds": clf_timer.seconds,
          "fid_reason": frechet.fid_unavailable_reason(fid_weights or None),
-         "num_fid_reference": len(dataset.train if p.fid_reference == "train" else dataset.test),
+         "num_fid_reference": len(fid_ref_v),
          "real": _pack(dataset.test[:64]), "runs": {}}
-  fid_ref_v = dataset.train if p.fid_reference == "train" else dataset.test
   for run in RUNS:
     ctx, status = ctxs[run.name], statuses[run.name]
     bound = ctx.bound() if status["state"] == "trained" else None

@@ -198,13 +198,12 @@ def perturbed(params, scale: float, seed: int):
       l + scale * jax.random.normal(k, l.shape, l.dtype) for l, k in zip(leaves, keys)])
 
 
-def training_loss(config, dataset, params, batch: int) -> float:
+def training_loss(obj, dataset, params, batch: int) -> float:
   """The mean training loss (objective.loss, dropout on, fixed keys) of `params` on the first
-  `batch` training images, with config.model.dtype compute: the number the trainer minimizes."""
+  `batch` training images, in the objective's compute dtype: the number the trainer minimizes."""
   import jax
   import jax.numpy as jnp
   from vdm import objectives, random_streams as streams
-  obj = train_setup_objective(config, dataset)
   info = objectives.BatchInfo(jax.random.PRNGKey(1), jnp.arange(batch, dtype=jnp.int32), batch)
 
   @jax.jit
@@ -221,13 +220,10 @@ def dtype_agreement(s: dict, dataset, scale: float = 0.02) -> dict:
   parameters and batch, and their relative difference."""
   import jax
   from vdm import train
-  config = base_config(s, "float32")
-  params = perturbed(train.setup(config, dataset).objective.init(jax.random.PRNGKey(0)), scale,
-                     seed=3)
-  out = {dtype: training_loss(base_config(s, dtype), dataset, params, s["batch"])
-         for dtype in DTYPES}
-  y = {dtype: network_output(base_config(s, dtype), dataset, params, s["batch"])
-       for dtype in DTYPES}
+  objs = {dtype: train.setup(base_config(s, dtype), dataset).objective for dtype in DTYPES}
+  params = perturbed(objs["float32"].init(jax.random.PRNGKey(0)), scale, seed=3)
+  out = {d: training_loss(obj, dataset, params, s["batch"]) for d, obj in objs.items()}
+  y = {d: network_output(obj, dataset, params, s["batch"]) for d, obj in objs.items()}
   return {"loss_float32": out["float32"], "loss_bfloat16": out["bfloat16"],
           "relative_difference": abs(out["bfloat16"] / out["float32"] - 1.0),
           "output_relative_difference": float(np.linalg.norm(y["bfloat16"] - y["float32"])
@@ -235,20 +231,14 @@ def dtype_agreement(s: dict, dataset, scale: float = 0.02) -> dict:
           "perturbation_std": scale}
 
 
-def network_output(config, dataset, params, batch: int) -> np.ndarray:
+def network_output(obj, dataset, params, batch: int) -> np.ndarray:
   """model_fn(params, x, t) on the first `batch` training images (encoded) at timesteps
   spread over [0, T): the network's output alone (the loss is dominated by ||eps||^2)."""
   import jax
   import jax.numpy as jnp
-  obj = train_setup_objective(config, dataset)
   x = obj.encode(jnp.asarray(dataset.train[:batch]))
   t = jnp.linspace(0, obj.num_timesteps - 1, batch).astype(jnp.int32)
   return np.asarray(jax.jit(obj.model_fn)(params, x, t), np.float64)
-
-
-def train_setup_objective(config, dataset):
-  from vdm import train
-  return train.setup(config, dataset).objective
 
 
 def emit(part: str, record: dict, out: list) -> None:
