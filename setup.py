@@ -7,6 +7,8 @@ setup(
   description="Variational bounds on log-likelihood: exact enumerated ELBOs, the DDPM "
   "bound term by term, the VDM continuous-time bound, and a pmapped training loop.",
   packages=find_packages(include=["vdm", "vdm.*", "experiments", "configs"]),
+  # The prose of the experiments' reports (experiments.common.report_text).
+  package_data={"experiments": ["reports/*.md"]},
   python_requires=">=3.10",
   install_requires=[
     "jax>=0.9,<0.11",

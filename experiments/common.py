@@ -1,9 +1,11 @@
 """Shared pieces of the experiment and benchmark scripts: provenance, tables, result files."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
+import re
 import resource
 import shlex
 import sys
@@ -105,6 +107,41 @@ def markdown_table(headers, rows) -> str:
   lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
   lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
   return "\n".join(lines)
+
+
+REPORTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reports")
+_SECTION = re.compile(r"^<!-- @([a-z0-9_]+) -->$", re.M)
+_BLOCK_START = re.compile(r"(\d+\. |- |\||#|!\[|```)")
+
+
+def _unwrap(text: str) -> str:
+  """Join the wrapped lines of each paragraph with single spaces (Markdown's soft breaks made
+  explicit). A line starts a new line of output when it or the line before is blank, or when it
+  begins a block: a list item ('1. ', '- '), a table row, a heading, an image or a fence."""
+  out = []
+  for line in text.split("\n"):
+    if out and out[-1] and line and not _BLOCK_START.match(line) and not out[-1].startswith(
+        ("|", "#", "```")):
+      out[-1] += " " + line.lstrip()
+    else:
+      out.append(line)
+  return "\n".join(out)
+
+
+@functools.lru_cache(maxsize=None)
+def report_text(name: str) -> dict:
+  """The prose of a report, experiments/reports/<name>.md, as {section: str.format template}.
+
+  The file is Markdown cut into sections by lines `<!-- @section -->`; text before the first
+  is a comment for the reader. Each section is unwrapped (see _unwrap) and stripped of
+  surrounding blank lines; the script fills its `{fields}` with str.format ('{{' for a brace).
+  """
+  with open(os.path.join(REPORTS, f"{name}.md")) as f:
+    parts = _SECTION.split(f.read())
+  names = parts[1::2]
+  if len(set(names)) != len(names):
+    raise ValueError(f"experiments/reports/{name}.md: a section name repeats in {names}")
+  return {key: _unwrap(body.strip("\n")) for key, body in zip(names, parts[2::2])}
 
 
 class Timer:

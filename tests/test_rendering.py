@@ -62,3 +62,37 @@ def test_readme_tables_are_the_renderings_of_the_committed_results():
   assert stale != text and readme.render(stale) == text
   with pytest.raises(ValueError, match="no experiment of that name"):
     readme.render("<!-- results: nope -->\n| x |\n<!-- /results -->")
+
+
+def test_report_text_unwraps_paragraphs_and_keeps_blocks(tmp_path, monkeypatch):
+  from experiments import common
+  (tmp_path / "demo.md").write_text(
+      "A note for the reader.\n<!-- @intro -->\n\nFirst line\nwrapped {x:.2f}.\n\n"
+      "1. item one\n   continues\n2. item two\n- bullet\n| a | b |\n|---|---|\n"
+      "<!-- @end -->\nLast {{braced}}.\n")
+  monkeypatch.setattr(common, "REPORTS", str(tmp_path))
+  common.report_text.cache_clear()
+  try:
+    text = common.report_text("demo")
+  finally:
+    common.report_text.cache_clear()
+  assert text == {"intro": "First line wrapped {x:.2f}.\n\n1. item one continues\n"
+                           "2. item two\n- bullet\n| a | b |\n|---|---|",
+                  "end": "Last {{braced}}."}
+  assert text["intro"].format(x=1).startswith("First line wrapped 1.00.")
+  assert text["end"].format() == "Last {braced}."
+
+
+def test_every_report_section_is_used_by_its_script():
+  """No dead prose: each section of experiments/reports/<script>.md is named in the script, and
+  every template parses as a str.format string."""
+  import string
+  from experiments import common
+  names = sorted(f[:-3] for f in os.listdir(common.REPORTS) if f.endswith(".md"))
+  assert names
+  for name in names:
+    with open(os.path.join(REPO, "experiments", f"{name}.py")) as f:
+      source = f.read()
+    for section, template in common.report_text(name).items():
+      assert f'"{section}"' in source, (name, section)
+      list(string.Formatter().parse(template))
