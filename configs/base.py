@@ -92,7 +92,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   t.keep_checkpoints = 3
   t.keep_period = 0           # also keep every keep_period-th step permanently; 0 = off
   t.num_devices = 0           # local devices to use; 0 = all
-  t.compiler_options = "auto"  # auto (CPU: Eigen convolutions) | none (XLA defaults)
+  t.compiler_options = "auto"  # auto (table on AMD CPUs, else probe) | probe | none (XLA)
 
   config.eval = e = ml_collections.ConfigDict()
   e.batch_size = 64           # global

@@ -2,16 +2,25 @@
 replication of host trees onto the devices and back."""
 from __future__ import annotations
 
-from typing import Optional
+import dataclasses
+from typing import Union
 
+from absl import logging
 import jax
 import numpy as np
 
-from vdm import checks
+from vdm import checks, xla_options
 from vdm.xla_options import xla_compiler_options
 
 AXIS = "batch"
-COMPILER_OPTIONS = ("auto", "none")
+COMPILER_OPTIONS = ("auto", "probe", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+  """Compile with the option set that a measured probe finds fastest on this CPU
+  (vdm.xla_options.probe_compile), for a program of `purpose` ('train' | 'eval')."""
+  purpose: str
 
 
 def device_layout(config) -> tuple[list, int]:
@@ -35,32 +44,48 @@ def device_layout(config) -> tuple[list, int]:
   return devices, config.training.batch_size // total
 
 
-def compiler_options(config, purpose: str = "train") -> dict:
+def compiler_options(config, purpose: str = "train") -> Union[dict, Probe]:
   """XLA compiler options for the pmapped steps (`training.compiler_options`).
 
-  'auto': `vdm.xla_options.xla_compiler_options(purpose=purpose)` (on CPU, convolutions on
-  Eigen's multi-threaded kernels instead of single-threaded YNNPACK; purpose 'train' for the
-  train step, 'eval' for the forward-only bound and sampling programs); nothing elsewhere.
-  'none': XLA's defaults.
+  'auto': on a CPU of a vendor the table of vdm.xla_options was measured on (AMD),
+  `xla_compiler_options(purpose=purpose)` (convolutions on Eigen's multi-threaded kernels
+  instead of single-threaded YNNPACK; purpose 'train' for the train step, 'eval' for the
+  forward-only bound and sampling programs); on other CPUs a Probe; nothing off CPU.
+  'probe': a Probe on any CPU (the program's first call compiles it under each candidate set
+  and keeps the fastest; cached per CPU model and program). 'none': XLA's defaults.
   """
   choice = checks.choice("training.compiler_options", config.training.compiler_options,
                          COMPILER_OPTIONS)
-  return {} if choice == "none" else xla_compiler_options(purpose=purpose)
+  if choice == "none":
+    return {}
+  if xla_options.wants_probe(choice):
+    return Probe(purpose)
+  return xla_compiler_options(purpose=purpose)
 
 
 class _Pmapped:
-  """jax.pmap compiled ahead of time, on its first call, with XLA compiler options."""
+  """jax.pmap compiled ahead of time, on its first call, with XLA compiler options (a dict, or
+  a Probe: the options a measured probe on that call's arguments finds fastest)."""
 
-  def __init__(self, fn, options: dict):
+  def __init__(self, fn, options: Union[dict, Probe]):
     self._fn, self._options, self._compiled = fn, options, None
+    self.probe_record = None
 
   def __call__(self, *args):
     if self._compiled is None:
-      self._compiled = self._fn.lower(*args).compile(compiler_options=self._options)
+      lowered = self._fn.lower(*args)
+      if isinstance(self._options, Probe):
+        self._compiled, self.probe_record = xla_options.probe_compile(
+            lowered, args, self._options.purpose)
+        logging.info("XLA:CPU options of the %s program (%s): %s; median call s %s",
+                     self._options.purpose, self.probe_record["source"],
+                     self.probe_record["choice"], self.probe_record.get("median_s", "-"))
+      else:
+        self._compiled = lowered.compile(compiler_options=self._options)
     return self._compiled(*args)
 
 
-def pmap(fn, devices, options: Optional[dict] = None, **kwargs):
+def pmap(fn, devices, options: Union[dict, Probe, None] = None, **kwargs):
   """jax.pmap over `devices` (a subset of the local devices) in one process; over every
   device of every process in a multi-process run (pmap's default), so that collectives such
   as the gradient pmean span all hosts. With `options`, compiled with those XLA options
