@@ -14,15 +14,24 @@ this CPU is measured in the same run (jnp.dot of 2048^3 and 4096^3). When `torch
 torch.optim.Adam, same loss) is timed in the same run, alternating with ours repetition by
 repetition, and the ratio is printed.
 
+With --profile (default unless --quick), every convolution of the U-Net is also timed alone,
+ours against PyTorch's kernels, forward, input and filter gradient (experiments/op_profile.py):
+where the step's time goes on this CPU. --compiler_options=probe compiles each step under every
+candidate option set of vdm.xla_options and keeps the fastest (what training.compiler_options
+'probe' does).
+
 Output: one JSON object per line: `bench` = `matmul_peak`, `train_step` (ours), `train_step_peer`
-(PyTorch) or `train_step_ratio`; and (not with --quick) a table with the goals of the issue in
-results/bench_train.md (`--output`).
+(PyTorch), `train_step_ratio` or `conv_profile`; and (not with --quick) results/bench_train.md
+(`--output`), rendered from results/bench_train.jsonl: the rows of the latest run on every CPU
+model measured (a run replaces only its own CPU's rows), each figure beside its CPU.
 """
 from __future__ import annotations
 
+import json
 import os
 import resource
 import sys
+import tempfile
 import time
 
 from absl import app, flags
@@ -42,9 +51,14 @@ flags.DEFINE_list("peak_sizes", None, "Matmul sizes n for the float32 peak (defa
          "--quick: 1024).")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype of our model.")
 flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads for the peer.")
-flags.DEFINE_enum("compiler_options", "recommended", ["recommended", "none"],
-         "'recommended': jit with vdm.models.unet.xla_compiler_options() (on CPU: "
-         "convolutions on Eigen, not YNNPACK); 'none': XLA's defaults.")
+flags.DEFINE_enum("compiler_options", "recommended", ["recommended", "probe", "none"],
+         "'recommended': vdm.xla_options.xla_compiler_options() (the table measured on AMD: "
+         "convolutions on Eigen, dots and reductions on YNNPACK); 'probe': the fastest of "
+         "vdm.xla_options.CPU_CANDIDATES['train'] for each step, measured at compile time "
+         "(xla_options.probe_compile, not cached); 'none': XLA's defaults.")
+flags.DEFINE_bool("profile", None, "Also time every convolution of the U-Net alone, ours "
+         "against PyTorch's kernels (experiments/op_profile.py); default: on unless --quick.")
+flags.DEFINE_integer("profile_reps", 7, "Timed calls per convolution and kind for --profile.")
 flags.DEFINE_enum("conv_impl", "lax", ["lax", "matmul"], "UNet.conv_impl for our model.")
 flags.DEFINE_enum("malloc", "auto", ["auto", "system"],
          "'auto': when libtcmalloc is installed and not yet preloaded, re-run this "
@@ -102,7 +116,9 @@ def _alphas_cumprod():
 
 
 def _env_info():
-  return {**common.env_info(), "malloc": _allocator(),
+  info = common.env_info()
+  info["machine"]["measured"] = time.strftime("%Y-%m-%d")
+  return {**info, "malloc": _allocator(),
           "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}
 
 
@@ -124,15 +140,17 @@ def measure_matmul_peak(sizes, reps):
 class JaxStep:
   """Our jitted, donated Adam step on the U-Net of one case and batch size."""
 
-  def __init__(self, case, batch, dtype, compiler_options, conv_impl):
+  def __init__(self, case, batch, dtype, compiler_options: str, conv_impl):
+    """compiler_options: 'recommended' | 'probe' | 'none' (the flag); the set used is
+    self.options (its name: self.options_name)."""
     import jax
     import jax.numpy as jnp
     import optax
+    from vdm import xla_options
     from vdm.models import UNet
 
     self.model = UNet(**CASES[case], dtype=jnp.bfloat16 if dtype == "bfloat16"
              else jnp.float32, conv_impl=conv_impl)
-    self.compiler_options = compiler_options
     self.batch = batch
     key = jax.random.PRNGKey(0)
     self.x0 = jax.random.uniform(key, (batch,) + IMAGE, minval=-1.0, maxval=1.0)
@@ -162,7 +180,19 @@ class JaxStep:
     self.state = (params, opt.init(params))
     t0 = time.perf_counter()
     lowered = jax.jit(step, donate_argnums=(0,)).lower(self.state, self.x0, key)
-    self.compiled = lowered.compile(compiler_options=compiler_options)
+    self.probe = None
+    if compiler_options == "probe":
+      with tempfile.TemporaryDirectory() as d:   # measured afresh in every run, not cached
+        self.compiled, self.probe = xla_options.probe_compile(
+            lowered, (self.state, self.x0, key), "train", cache_path=os.path.join(d, "c.json"),
+            min_flops=0)
+      self.options_name, self.options = self.probe["choice"], self.probe["options"]
+    else:
+      self.options_name = ("ynn_dot_reduce" if compiler_options == "recommended"
+                           else "xla_default")
+      self.options = (xla_options.xla_compiler_options(purpose="train")
+                      if compiler_options == "recommended" else {})
+      self.compiled = lowered.compile(compiler_options=self.options)
     self.compile_s = time.perf_counter() - t0
     cost = self.compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -223,7 +253,7 @@ def _time(fn):
 
 
 def run_case(case, batch, reps, peak, use_peer, dtype, torch_threads, compiler_options,
-      conv_impl):
+      conv_impl, profile=False, profile_reps=7):
   ours = JaxStep(case, batch, dtype, compiler_options, conv_impl)
   peer = TorchStep(case, batch, torch_threads) if use_peer else None
   # Warm-up: our first execution; two peer steps (allocator, oneDNN primitives, Adam state).
@@ -242,7 +272,9 @@ def run_case(case, batch, reps, peak, use_peer, dtype, torch_threads, compiler_o
   emitted = []
   med = common.median(ts)
   row = {"bench": "train_step", "case": case, "batch": batch, "impl": "jax",
-     "dtype": dtype, "conv_impl": conv_impl, "compiler_options": compiler_options, "median_s": med, "times_s": ts, "images_per_s": batch / med,
+     "dtype": dtype, "conv_impl": conv_impl, "compiler_options": ours.options_name,
+     "probe_median_s": ours.probe["median_s"] if ours.probe else None,
+     "median_s": med, "times_s": ts, "images_per_s": batch / med,
      "steps_per_s": 1.0 / med, "gflop_per_step": ours.flops / 1e9,
      "gflop_per_s": ours.flops / med / 1e9, "peak_gflop_per_s": peak,
      "frac_of_peak": ours.flops / med / 1e9 / peak,
@@ -270,51 +302,153 @@ def run_case(case, batch, reps, peak, use_peer, dtype, torch_threads, compiler_o
        "paired_speedup_median": common.median([p / o for p, o in zip(pts, ts)]), **info}
     _emit(ratio)
     emitted.append(ratio)
+  if profile:
+    emitted.append(profile_case(case, batch, ours, peer is not None, profile_reps, info))
   return emitted
 
 
-def report(rows, peak, seconds):
-  """The Markdown table of the train-step rows (ours, and the peer's ratio where it ran)."""
-  ratios = {(r["case"], r["batch"]): r for r in rows if r["bench"] == "train_step_ratio"}
-  ours = [r for r in rows if r["bench"] == "train_step"]
-  table = []
-  for r in ours:
-    q = ratios.get((r["case"], r["batch"]))
-    table.append([r["case"], r["batch"], f"{r['num_params'] / 1e6:.2f}M",
-                  f"{1e3 * r['median_s']:.0f}", f"{1e3 * q['peer_median_s']:.0f}" if q else "-",
-                  f"{q['paired_speedup_median']:.2f}x" if q else "-",
-                  f"{r['images_per_s']:.1f}", f"{r['gflop_per_s']:.1f}",
-                  f"{r['frac_of_peak']:.0%}"])
+def profile_case(case, batch, ours, peer: bool, reps: int, info: dict) -> dict:
+  """The 'conv_profile' row: every convolution of the step's U-Net timed alone, ours with the
+  step's compiler options, against PyTorch's kernels when the peer runs."""
+  import jax.numpy as jnp
+  from experiments import op_profile
+  convs = op_profile.unet_convolutions(ours.model, ours.x0, jnp.zeros((batch,), jnp.int32))
+  per_conv = op_profile.time_convolutions(convs, ours.options, reps, peer)
+  row = {"bench": "conv_profile", "case": case, "batch": batch,
+         "compiler_options": ours.options_name, "num_convolutions": len(convs),
+         "totals": op_profile.totals(per_conv), "per_conv": per_conv, **info}
+  _emit(row)
+  return row
+
+
+# Figures measured on other machines and reported to us (not rerun by this script).
+REPORTED_ELSEWHERE = (
+    "Reported in issue 14 from an Intel Xeon machine of the same size (2 cores, matmul peak "
+    "125-154 GFLOP/s), with the AMD-tuned options of an earlier version: small batch 8 0.94x, "
+    "batch 32 0.86x, CIFAR-10 batch 8 1.05x the peer (median of paired repetitions); our "
+    "small step at 36% of the matmul peak against the peer's 44%. Not yet rerun with the probe "
+    "or profiled: no Intel machine was available to us.")
+
+
+def cpu_label(row) -> str:
+  m = row["machine"]
+  return f"{m['cpu']} ({m['cores']} cores)"
+
+
+def merge_history(path: str, rows: list) -> list:
+  """The rows of `path` (JSON lines) from other CPUs, then `rows`: a run replaces the earlier
+  figures of its own CPU model and keeps every other CPU's; written back atomically."""
+  cpus = {r["machine"]["cpu"] for r in rows}
+  old = []
+  if os.path.exists(path):
+    with open(path) as f:
+      old = [json.loads(line) for line in f if line.strip()]
+  merged = [r for r in old if r["machine"]["cpu"] not in cpus] + rows
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in merged)
+  os.replace(tmp, path)
+  return merged
+
+
+def _ms(v):
+  return "-" if v is None else f"{1e3 * v:.0f}" if v >= 0.1 else f"{1e3 * v:.1f}"
+
+
+def render(rows) -> str:
+  """The Markdown body from the rows of every CPU measured (train_step, train_step_ratio,
+  conv_profile), each figure beside its CPU model."""
+  cpus = list(dict.fromkeys(cpu_label(r) for r in rows if r["bench"] == "train_step"))
+  ratios = {(cpu_label(r), r["case"], r["batch"]): r for r in rows
+            if r["bench"] == "train_step_ratio"}
+  table, prof, goals, peaks = [], [], [], {}
+  for r in rows:
+    if r["bench"] == "train_step":
+      peaks[cpu_label(r)] = max(peaks.get(cpu_label(r), 0.0), r["peak_gflop_per_s"])
+  for r in rows:
+    cpu = cpu_label(r)
+    if r["bench"] == "train_step":
+      q = ratios.get((cpu, r["case"], r["batch"]))
+      sp = q["paired_speedup_median"] if q else None
+      table.append([cpu, r["machine"].get("measured", "-"), r["case"], r["batch"],
+                    f"{r['num_params'] / 1e6:.2f}M", r.get("compiler_options", "-"),
+                    _ms(r["median_s"]), _ms(q["peer_median_s"]) if q else "-",
+                    f"{sp:.2f}x" if q else "-", f"{r['images_per_s']:.1f}",
+                    f"{r['gflop_per_s']:.1f}", f"{r['frac_of_peak']:.0%}"])
+      if q:
+        goals.append(f"- {cpu}, {r['case']} batch {r['batch']}: {sp:.2f}x the peer "
+                     f"({'met' if sp >= 1.0 else 'not met'}).")
+    elif r["bench"] == "conv_profile":
+      step = next(x for x in rows if x["bench"] == "train_step" and cpu_label(x) == cpu
+                  and (x["case"], x["batch"]) == (r["case"], r["batch"]))
+      q = ratios.get((cpu, r["case"], r["batch"]))
+      for kind, t in r["totals"].items():
+        prof.append([cpu, r["case"], r["batch"], r["compiler_options"],
+                     f"{kind} ({r['num_convolutions']} convs)", _ms(t["ours_s"]),
+                     _ms(t["peer_s"]),
+                     f"{t['peer_s'] / t['ours_s']:.2f}x" if t["peer_s"] else "-",
+                     f"{t['gflop'] / t['ours_s']:.0f}",
+                     f"{t['gflop'] / t['peer_s']:.0f}" if t["peer_s"] else "-"])
+      conv_ours = sum(t["ours_s"] for t in r["totals"].values())
+      conv_peer = (sum(t["peer_s"] for t in r["totals"].values())
+                   if all(t["peer_s"] for t in r["totals"].values()) else None)
+      prof.append([cpu, r["case"], r["batch"], r["compiler_options"],
+                   "all convolutions, as a share of the step", f"{conv_ours / step['median_s']:.0%}",
+                   f"{conv_peer / q['peer_median_s']:.0%}" if q and conv_peer else "-",
+                   "-", "-", "-"])
   lines = [
       "One Adam step of L_simple (value_and_grad + optax.adam, dropout on), median of "
       "alternating repetitions; the peer is PyTorch with diffusers.UNet2DModel of the same "
-      "shape, 2 threads (when torch and diffusers import). GFLOP/s from XLA's cost analysis of "
-      f"our step (the peer's rate uses the same FLOP count); float32 matmul peak measured in the "
-      f"same run: {peak:.1f} GFLOP/s. Timings on this shared machine drift 20-50% between runs: "
-      "the ratios come from alternating repetitions (median of the per-repetition ratios). "
-      f"1-minute load average at the end: {common.loadavg():.1f} (2 cores).",
+      "shape, 2 threads. GFLOP/s from XLA's cost analysis of our step (the peer's rate uses "
+      "the same FLOP count). Every figure stands beside the CPU it was measured on; a run "
+      "replaces the figures of its own CPU model only (results/bench_train.jsonl keeps the "
+      "rows). Timings on a shared machine drift 20-50% between runs: the ratios come from "
+      "alternating repetitions (median of the per-repetition ratios). 'options' is the XLA:CPU "
+      "option set of vdm.xla_options the step was compiled with (ynn_dot_reduce: the table's "
+      "choice; with --compiler_options=probe, the probe's).",
       "",
-      common.markdown_table(["shape", "batch", "parameters", "ours (ms/step)",
-                             "PyTorch peer (ms/step)", "speedup vs peer", "ours images/s",
-                             "ours GFLOP/s", "% of matmul peak"], table),
+      "Float32 matmul peak measured in the same run: "
+      + "; ".join(f"{cpu}: {peaks[cpu]:.1f} GFLOP/s" for cpu in cpus if cpu in peaks) + ".",
       "",
-      "Goals (issue 4): our step at least as fast as the peer on both shapes; above 50% of the "
-      "matmul peak on the CIFAR-10 shape.",
+      common.markdown_table(["CPU", "measured", "shape", "batch", "parameters", "options",
+                             "ours (ms/step)", "PyTorch peer (ms/step)", "speedup vs peer",
+                             "ours images/s", "ours GFLOP/s", "% of matmul peak"], table),
       "",
-  ]
-  for r in ours:
-    q = ratios.get((r["case"], r["batch"]))
-    if q:
-      sp = q["paired_speedup_median"]
-      lines.append(f"- {r['case']}, batch {r['batch']}: {sp:.2f}x the peer "
-                   f"({'met' if sp >= 1.0 else 'not met'}).")
-    if r["case"] == "cifar10":
-      lines.append(f"- cifar10, batch {r['batch']}: {r['frac_of_peak']:.0%} of the matmul peak "
-                   f"({'met' if r['frac_of_peak'] > 0.5 else 'not met'}).")
+      "Goal (issues 4 and 14): our step at least as fast as the peer on every case, on every "
+      "CPU measured.",
+      "",
+  ] + goals + ["", REPORTED_ELSEWHERE]
+  if prof:
+    lines += [
+        "", "## Per-op profile: the convolutions alone",
+        "",
+        "Every convolution of the U-Net timed alone with the shapes and strides it has in the "
+        "step (experiments/op_profile.py; median of alternating calls, summed over the "
+        "network's convolutions): ours compiled with the step's options, the peer's PyTorch "
+        "kernels (conv2d; aten::convolution_backward with only the input or only the filter "
+        "gradient). 'peer / ours' above 1 means ours is faster. The last row of each case "
+        "sets the convolutions' sum against the whole step's median. It can exceed 100% for "
+        "ours: in the step XLA runs independent ops (a layer's input and filter gradients) "
+        "at the same time on the two cores, and each of our isolated calls also pays a "
+        "program dispatch that the step does not; the rest of the step (dense layers, "
+        "attention, GroupNorm, activations, dropout, the loss, Adam) is what the "
+        "convolutions leave.",
+        "",
+        common.markdown_table(["CPU", "shape", "batch", "options", "op", "ours (ms)",
+                               "peer (ms)", "peer / ours", "ours GFLOP/s", "peer GFLOP/s"],
+                              prof)]
+  return "\n".join(lines)
+
+
+def report(rows, seconds):
+  """results/bench_train.md (--output) from this run's rows and the other CPUs' rows kept in
+  the .jsonl beside it."""
+  out_dir = os.path.dirname(FLAGS.output) or "."
   name = os.path.splitext(os.path.basename(FLAGS.output))[0]
-  common.write_result(name, "Train-step speed: vdm's U-Net against PyTorch",
-                      "\n".join(lines), seconds=seconds,
-                      results_dir=os.path.dirname(FLAGS.output) or ".")
+  os.makedirs(out_dir, exist_ok=True)
+  merged = merge_history(os.path.join(out_dir, name + ".jsonl"), rows)
+  common.write_result(name, "Train-step speed: vdm's U-Net against PyTorch, per CPU",
+                      render(merged), seconds=seconds, results_dir=out_dir)
 
 
 def main(argv):
@@ -334,8 +468,7 @@ def main(argv):
     use_peer, why = common.peer_available()
     if not use_peer:
       _emit({"bench": "train_step_peer", "skipped": f"torch/diffusers unavailable ({why})"})
-  from vdm.xla_options import xla_compiler_options
-  compiler_options = xla_compiler_options() if FLAGS.compiler_options == "recommended" else {}
+  profile = (not quick) if FLAGS.profile is None else FLAGS.profile
   timer, rows = common.Timer(), []
   peak = measure_matmul_peak(peak_sizes, reps=2 if quick else 5)
   for case in cases:
@@ -345,11 +478,11 @@ def main(argv):
       if not quick:  # the best peak seen so far (sharing the cores only lowers it)
         peak = max(peak, measure_matmul_peak(peak_sizes[:1], reps=5))
       rows += run_case(case, batch, reps, peak, use_peer, FLAGS.dtype, FLAGS.torch_threads,
-                       compiler_options, FLAGS.conv_impl)
+                       FLAGS.compiler_options, FLAGS.conv_impl, profile, FLAGS.profile_reps)
   if FLAGS.output is None and not quick:
     FLAGS.output = os.path.join(common.RESULTS, "bench_train.md")
   if FLAGS.output:
-    report(rows, peak, timer.seconds)
+    report(rows, timer.seconds)
 
 
 if __name__ == "__main__":
