@@ -407,7 +407,33 @@ PEER_REFERENCE_S = 59.0   # the issue's PyTorch per-t loop, T = 1000, batch 8, t
 
 
 def report(rows, cfg, peak, seconds):
-  """The Markdown table of the cases, and the issue's goals."""
+  """results/bench_bound.md (--output): this run's section and the sections of the other CPU
+  models kept in the .jsonl beside it (a run replaces only its own CPU's)."""
+  out_dir = os.path.dirname(FLAGS.output) or "."
+  name = os.path.splitext(os.path.basename(FLAGS.output))[0]
+  run = {"bench": "bound_run", "cfg": cfg, "peak_gflop_per_s": peak,
+         "compiler_options": FLAGS.compiler_options, "loadavg_1min": common.loadavg(),
+         **_env_info()}
+  merged = common.merge_rows_by_cpu(os.path.join(out_dir, name + ".jsonl"), rows + [run])
+  common.write_result(name, "The full DDPM bound: calc_bpd against a per-timestep loop, per CPU",
+                      render(merged), seconds=seconds, results_dir=out_dir)
+
+
+def render(rows) -> str:
+  """One section per CPU model measured, from the rows of its latest run."""
+  lines = ["Every figure stands under the CPU it was measured on; a run replaces the section of "
+           "its own CPU model only (results/bench_bound.jsonl keeps the rows)."]
+  for run in (r for r in rows if r["bench"] == "bound_run"):
+    cpu = common.cpu_label(run)
+    mine = [r for r in rows if r["bench"] != "bound_run" and common.cpu_label(r) == cpu]
+    lines += ["", f"## {cpu}, measured {run['machine'].get('measured', '-')}", "",
+              section(mine, run)]
+  return "\n".join(lines)
+
+
+def section(rows, run) -> str:
+  """The Markdown table of one CPU's cases, and the issue's goals."""
+  cfg, peak = run["cfg"], run["peak_gflop_per_s"]
   table = []
   for r in rows:
     ours = r["bench"] == BENCH
@@ -429,8 +455,8 @@ def report(rows, cfg, peak, seconds):
       f"(the same for every case); float32 matmul peak measured in the same run: {peak:.1f} "
       f"GFLOP/s. xla temp = the compiled executable's scratch memory (what the chunk size "
       f"bounds); peak RSS = a fresh process compiling and running that case. Compiler options: "
-      f"{FLAGS.compiler_options}. 1-minute load average at the end: {common.loadavg():.1f} "
-      f"(2 cores).",
+      f"{run['compiler_options']}. 1-minute load average at the end: "
+      f"{run['loadavg_1min']:.1f} ({run['machine']['cores']} cores).",
       "",
       common.markdown_table(["case", "s per batch", "s per image", "GFLOP/s", "vs loop",
                              "vs PyTorch peer", "xla temp (MB)", "peak RSS (MB)"], table),
@@ -440,7 +466,8 @@ def report(rows, cfg, peak, seconds):
       f"- calc_bpd at least 3x faster than the per-t loop: best {best['speedup_vs_loop']:.2f}x "
       f"(chunk {best['t_chunk_size']}): {'met' if best['speedup_vs_loop'] >= 3 else 'not met'}.",
   ]
-  if (cfg["T"], cfg["batch"], cfg["size"], cfg["unet"]) == (1000, 8, 32, UNET):
+  if (cfg["T"], cfg["batch"], cfg["size"], json.dumps(cfg["unet"])) == (1000, 8, 32,
+                                                                        json.dumps(UNET)):
     lines.append(
       f"- at most half of the PyTorch per-t loop's {PEER_REFERENCE_S:.0f} s per batch quoted in "
       f"the issue ({PEER_REFERENCE_S / 2:.1f} s): {best['median_s']:.1f} s: "
@@ -451,10 +478,7 @@ def report(rows, cfg, peak, seconds):
     lines.append(f"- against the PyTorch peer measured in this run ({peer['median_s']:.1f} s): "
                  f"{peer['median_s'] / best['median_s']:.2f}x (the issue's 59 s reference is "
                  f"for T = 1000, batch 8, 32x32x3).")
-  name = os.path.splitext(os.path.basename(FLAGS.output))[0]
-  common.write_result(name, "The full DDPM bound: calc_bpd against a per-timestep loop",
-                      "\n".join(lines), seconds=seconds,
-                      results_dir=os.path.dirname(FLAGS.output) or ".")
+  return "\n".join(lines)
 
 
 if __name__ == "__main__":

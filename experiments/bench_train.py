@@ -116,9 +116,7 @@ def _alphas_cumprod():
 
 
 def _env_info():
-  info = common.env_info()
-  info["machine"]["measured"] = time.strftime("%Y-%m-%d")
-  return {**info, "malloc": _allocator(),
+  return {**common.env_info(), "malloc": _allocator(),
           "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}
 
 
@@ -330,27 +328,6 @@ REPORTED_ELSEWHERE = (
     "or profiled: no Intel machine was available to us.")
 
 
-def cpu_label(row) -> str:
-  m = row["machine"]
-  return f"{m['cpu']} ({m['cores']} cores)"
-
-
-def merge_history(path: str, rows: list) -> list:
-  """The rows of `path` (JSON lines) from other CPUs, then `rows`: a run replaces the earlier
-  figures of its own CPU model and keeps every other CPU's; written back atomically."""
-  cpus = {r["machine"]["cpu"] for r in rows}
-  old = []
-  if os.path.exists(path):
-    with open(path) as f:
-      old = [json.loads(line) for line in f if line.strip()]
-  merged = [r for r in old if r["machine"]["cpu"] not in cpus] + rows
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.writelines(json.dumps(r) + "\n" for r in merged)
-  os.replace(tmp, path)
-  return merged
-
-
 def _ms(v):
   return "-" if v is None else f"{1e3 * v:.0f}" if v >= 0.1 else f"{1e3 * v:.1f}"
 
@@ -358,15 +335,16 @@ def _ms(v):
 def render(rows) -> str:
   """The Markdown body from the rows of every CPU measured (train_step, train_step_ratio,
   conv_profile), each figure beside its CPU model."""
-  cpus = list(dict.fromkeys(cpu_label(r) for r in rows if r["bench"] == "train_step"))
-  ratios = {(cpu_label(r), r["case"], r["batch"]): r for r in rows
+  cpus = list(dict.fromkeys(common.cpu_label(r) for r in rows if r["bench"] == "train_step"))
+  ratios = {(common.cpu_label(r), r["case"], r["batch"]): r for r in rows
             if r["bench"] == "train_step_ratio"}
   table, prof, goals, peaks = [], [], [], {}
   for r in rows:
     if r["bench"] == "train_step":
-      peaks[cpu_label(r)] = max(peaks.get(cpu_label(r), 0.0), r["peak_gflop_per_s"])
+      cpu = common.cpu_label(r)
+      peaks[cpu] = max(peaks.get(cpu, 0.0), r["peak_gflop_per_s"])
   for r in rows:
-    cpu = cpu_label(r)
+    cpu = common.cpu_label(r)
     if r["bench"] == "train_step":
       q = ratios.get((cpu, r["case"], r["batch"]))
       sp = q["paired_speedup_median"] if q else None
@@ -379,7 +357,7 @@ def render(rows) -> str:
         goals.append(f"- {cpu}, {r['case']} batch {r['batch']}: {sp:.2f}x the peer "
                      f"({'met' if sp >= 1.0 else 'not met'}).")
     elif r["bench"] == "conv_profile":
-      step = next(x for x in rows if x["bench"] == "train_step" and cpu_label(x) == cpu
+      step = next(x for x in rows if x["bench"] == "train_step" and common.cpu_label(x) == cpu
                   and (x["case"], x["batch"]) == (r["case"], r["batch"]))
       q = ratios.get((cpu, r["case"], r["batch"]))
       for kind, t in r["totals"].items():
@@ -393,7 +371,8 @@ def render(rows) -> str:
       conv_peer = (sum(t["peer_s"] for t in r["totals"].values())
                    if all(t["peer_s"] for t in r["totals"].values()) else None)
       prof.append([cpu, r["case"], r["batch"], r["compiler_options"],
-                   "all convolutions, as a share of the step", f"{conv_ours / step['median_s']:.0%}",
+                   "all convolutions, as a share of the step",
+                   f"{conv_ours / step['median_s']:.0%}",
                    f"{conv_peer / q['peer_median_s']:.0%}" if q and conv_peer else "-",
                    "-", "-", "-"])
   lines = [
@@ -446,7 +425,7 @@ def report(rows, seconds):
   out_dir = os.path.dirname(FLAGS.output) or "."
   name = os.path.splitext(os.path.basename(FLAGS.output))[0]
   os.makedirs(out_dir, exist_ok=True)
-  merged = merge_history(os.path.join(out_dir, name + ".jsonl"), rows)
+  merged = common.merge_rows_by_cpu(os.path.join(out_dir, name + ".jsonl"), rows)
   common.write_result(name, "Train-step speed: vdm's U-Net against PyTorch, per CPU",
                       render(merged), seconds=seconds, results_dir=out_dir)
 

@@ -45,14 +45,14 @@ def loadavg() -> float | None:
 
 
 def machine() -> dict:
-  """What ran: CPU, core count, load, JAX versions and XLA flags."""
+  """What ran: CPU, core count, load, JAX versions, XLA flags and the date."""
   import jax
   import jaxlib
   return {"cpu": cpu_name(), "cores": os.cpu_count(), "loadavg_1min": loadavg(),
           "platform": platform.platform(), "python": platform.python_version(),
           "jax": jax.__version__, "jaxlib": jaxlib.__version__,
           "backend": jax.default_backend(), "devices": jax.device_count(),
-          "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}
+          "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""), "measured": time.strftime("%Y-%m-%d")}
 
 
 def env_info() -> dict:
@@ -294,6 +294,30 @@ def save_figure(fig, path: str, dpi: int = 110) -> str:
   fig.savefig(path, dpi=dpi)
   plt.close(fig)
   return path
+
+
+def cpu_label(row: dict) -> str:
+  """'<CPU model> (<n> cores)' of a benchmark row (its env_info machine)."""
+  m = row["machine"]
+  return f"{m['cpu']} ({m['cores']} cores)"
+
+
+def merge_rows_by_cpu(path: str, rows: list) -> list:
+  """The benchmark rows of `path` (JSON lines) from other CPU models, then `rows`: a run
+  replaces the earlier figures of its own CPU model and keeps every other CPU's; written back
+  atomically."""
+  cpus = {r["machine"]["cpu"] for r in rows}
+  old = []
+  if os.path.exists(path):
+    with open(path) as f:
+      old = [json.loads(line) for line in f if line.strip()]
+  merged = [r for r in old if r["machine"]["cpu"] not in cpus] + rows
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in merged)
+  os.replace(tmp, path)
+  return merged
 
 
 def print_json(record: dict, out: str | None = None) -> None:

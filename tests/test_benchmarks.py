@@ -16,8 +16,8 @@ def _run_quick(module, *args):
   return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
 
-def test_bench_bound_quick_prints_json_lines():
-  rows = _run_quick("experiments.bench_bound")
+def test_bench_bound_quick_prints_json_lines(tmp_path):
+  rows = _run_quick("experiments.bench_bound", f"--output={tmp_path / 'bench_bound.md'}")
   cases = [r for r in rows if r.get("bench") != "matmul_peak"]
   assert cases, rows
   for r in cases:
@@ -25,3 +25,19 @@ def test_bench_bound_quick_prints_json_lines():
                 "XLA_FLAGS", "machine", "command"):
       assert key in r, key
     assert r["median_s"] > 0 and r["images_per_s"] > 0
+  # The report keeps one section per CPU model: another CPU's rows survive this CPU's run.
+  from experiments import bench_bound, common
+  with open(tmp_path / "bench_bound.jsonl") as f:
+    saved = [json.loads(line) for line in f]
+  assert sum(r["bench"] == "bound_run" for r in saved) == 1
+  here = common.cpu_label(saved[0])
+  assert f"## {here}, measured " in (tmp_path / "bench_bound.md").read_text()
+  other = [dict(r, machine=dict(r["machine"], cpu="Other CPU")) for r in saved]
+  merged = common.merge_rows_by_cpu(str(tmp_path / "bench_bound.jsonl"), other)
+  merged = common.merge_rows_by_cpu(str(tmp_path / "bench_bound.jsonl"), saved)
+  assert len(merged) == 2 * len(saved)
+  text = bench_bound.render(merged)
+  assert text.index("## Other CPU (") < text.index(f"## {here}")
+  sections = text.split("\n## ")[1:]
+  assert len(sections) == 2
+  assert sections[0].count("| calc_bpd, chunk") == sections[1].count("| calc_bpd, chunk") > 0

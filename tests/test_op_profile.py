@@ -89,11 +89,11 @@ def _rows(cpu, ms, peer_ms):
 
 
 def test_a_run_replaces_only_its_own_cpus_figures(tmp_path):
-  from experiments import bench_train
+  from experiments import bench_train, common
   path = str(tmp_path / "bench_train.jsonl")
-  bench_train.merge_history(path, _rows("AMD EPYC", 133.0, 155.0))
-  bench_train.merge_history(path, _rows("Intel Xeon", 150.0, 141.0))
-  merged = bench_train.merge_history(path, _rows("Intel Xeon", 120.0, 141.0))
+  common.merge_rows_by_cpu(path, _rows("AMD EPYC", 133.0, 155.0))
+  common.merge_rows_by_cpu(path, _rows("Intel Xeon", 150.0, 141.0))
+  merged = common.merge_rows_by_cpu(path, _rows("Intel Xeon", 120.0, 141.0))
   with open(path) as f:
     assert [json.loads(line) for line in f] == merged
   assert [(r["machine"]["cpu"], r["median_s"]) for r in merged if r["bench"] == "train_step"] \

@@ -117,3 +117,12 @@ def test_training_with_probe_records_its_choice(tmp_path, monkeypatch):
     entries = json.load(f).values()
   assert {e["purpose"] for e in entries} == {"train", "eval"}
   assert all(e["choice"] in xla_options.CPU_CANDIDATES[e["purpose"]] for e in entries)
+
+
+def test_bad_compiler_options_value_is_refused_before_training():
+  from train_configs import tiny_digits_config
+  from vdm import train
+  config = tiny_digits_config()
+  config.training.compiler_options = "fastest"
+  with pytest.raises(ValueError, match=r"training\.compiler_options.*'auto'.*'probe'.*'none'"):
+    train.validate_config(config)
