@@ -1,40 +1,20 @@
 r"""Improved DDPM (Nichol & Dhariwal 2021), Tables 1 and 2: the objective and the noise schedule.
 
-Six models, identical but for two factors, are trained and their NLL bound (the full DDPM
-bound L_T + sum_t L_t + L_0, bits/dim, EMA parameters, the whole test split) is tabulated beside
-the paper's:
-
-  objective   variance                          timesteps      diffusion.loss_type / var_type
-  L_simple    fixed, sigma^2 = beta_t           uniform        mse    / fixed_large
-  L_hybrid    learned (eq. 15, learned_range)   uniform        hybrid / learned_range
-  L_vlb       learned (eq. 15, learned_range)   importance     kl     / learned_range
-
-  L_simple = E ||eps - eps_theta(x_t, t)||^2 (Ho et al. eq. 14; N&D eq. 14),
-  L_hybrid = L_simple + lambda L_vlb with lambda = 0.001 and a stop-gradient on the mean in L_vlb
-             (N&D eq. 16, Sec. 3.1),
-  L_vlb    = L_0 + ... + L_T (N&D eqs. 4-10), estimated with t ~ p_t proportional to
-             sqrt(E[L_t^2]) (the loss-second-moment sampler, N&D eq. 18, Sec. 3.3),
-
-each with the linear schedule (Ho et al., betas 1e-4..0.02 at T = 1000, rescaled by 1000 / T for
-longer chains as in improved-diffusion) and the cosine schedule (N&D eq. 17). One extra run, cosine L_vlb with
-UNIFORM timesteps (--vlb_uniform), shows whether importance sampling lowers the noise of the
-L_vlb estimate (N&D Sec. 3.3, Fig. 2), from the per-batch training loss (both are unbiased
-estimates of sum_t L_t).
+Six models, identical but for the schedule (linear | cosine) and the objective (L_simple, fixed
+variances | L_hybrid, learned | L_vlb, learned, importance-sampled t: OBJECTIVE_SETTINGS), are
+trained; their full DDPM bound on the test split is tabulated beside the paper's. One extra run,
+cosine L_vlb with uniform t (--vlb_uniform), shows whether importance sampling lowers the noise
+of the L_vlb estimate (N&D Sec. 3.3). The report's prose: experiments/reports/improved_ddpm.md.
 
   python -m experiments.improved_ddpm               # CPU scale: digits, see the config file
   python -m experiments.improved_ddpm --config.training.num_steps=500   # any override
   python -m experiments.improved_ddpm --full_scale \
       --config.data.data_dir=/path/to/cifar-10-batches-py       # CIFAR-10, the paper's settings
 
-The CPU-scale base is configs/paper/improved_ddpm_digits.py (--config). --full_scale uses
-`full_scale()` of that file instead (CIFAR-10, the paper's App. A / improved-diffusion
-flags); `--config.*` overrides given on the command line are applied to it too (both configs
-share the fields of configs/base.py). Runs live in --workdir_root/<run>-<config fingerprint>
-(experiments.runs): a rerun with the same settings reuses every finished run (no retraining, no
-re-evaluation), and an interrupted run resumes from its checkpoint. Writes
-<results_dir>/improved_ddpm.json (every number of the table), the Markdown rendered from it
-(after every run, so a long table shows its finished rows early) and the figure;
-`--render_only` redraws both from the saved JSON.
+--config defaults to configs/paper/improved_ddpm_digits.py; --full_scale uses its `full_scale()`
+instead, with the same `--config.*` overrides. Runs live in --workdir_root/<run>-<fingerprint>
+(experiments.runs: finished runs are reused, interrupted ones resume). Writes <results_dir>/
+improved_ddpm.json, its Markdown (after every run) and figure; `--render_only` redraws those.
 """
 from __future__ import annotations
 
@@ -53,23 +33,20 @@ SCHEDULES = ("linear", "cosine")
 OBJECTIVES = ("simple", "hybrid", "vlb")
 RUNS = tuple(f"{s}_{o}" for s in SCHEDULES for o in OBJECTIVES)
 VLB_UNIFORM = "cosine_vlb_uniform"
+ALL_RUNS = RUNS + (VLB_UNIFORM,)   # the order of the tables
+NAN = float("nan")
 EXECUTION_ORDER = ("cosine_vlb", "cosine_hybrid", "cosine_simple", "linear_simple",
                    "linear_hybrid", "linear_vlb")
 
 # Per objective: (diffusion.loss_type, diffusion.var_type, diffusion.timestep_sampler).
-OBJECTIVE_SETTINGS = {
-    "simple": ("mse", "fixed_large", "uniform"),
-    "hybrid": ("hybrid", "learned_range", "uniform"),
-    "vlb": ("kl", "learned_range", "importance"),
-    "vlb_uniform": ("kl", "learned_range", "uniform"),
-}
-OBJECTIVE_NAMES = {"simple": "L_simple", "hybrid": "L_hybrid", "vlb": "L_vlb",
-                   "vlb_uniform": "L_vlb"}
+OBJECTIVE_SETTINGS = {"simple": ("mse", "fixed_large", "uniform"),
+                      "hybrid": ("hybrid", "learned_range", "uniform"),
+                      "vlb": ("kl", "learned_range", "importance"),
+                      "vlb_uniform": ("kl", "learned_range", "uniform")}
+OBJECTIVE_NAMES = {o: "L_" + o.split("_")[0] for o in OBJECTIVE_SETTINGS}   # L_vlb for both
 
-# The paper's NLL (bits/dim, test). CIFAR-10: Table 2, 500K iterations, T = 4000 (linear rows
-# dropout 0.1, cosine rows 0.3). ImageNet 64x64: Table 1, 200K iterations, T = 4000. Taken from
-# two independent transcriptions of the tables (the paper's text could not be opened here);
-# the cosine CIFAR-10 row matches the values quoted in the task (2.94 / 3.17 / 3.26).
+# The paper's NLL (bits/dim, test; T = 4000): CIFAR-10 Table 2 (500K iterations), ImageNet 64x64
+# Table 1 (200K iterations); their source: the report's note under the table.
 PAPER_CIFAR10 = {"linear_simple": 3.37, "linear_hybrid": 3.26, "linear_vlb": None,
                  "cosine_simple": 3.26, "cosine_hybrid": 3.17, "cosine_vlb": 2.94}
 PAPER_IMAGENET64 = {"linear_simple": 3.77, "linear_hybrid": 3.66, "linear_vlb": None,
@@ -113,7 +90,7 @@ def run_config(base: ml_collections.ConfigDict, run: str,
   """The config of one run: base with the schedule and the objective of `run` set."""
   schedule, objective = run.split("_", 1)
   if schedule not in SCHEDULES or objective not in OBJECTIVE_SETTINGS:
-    raise ValueError(f"run must be one of {list(RUNS) + [VLB_UNIFORM]}, got {run!r}")
+    raise ValueError(f"run must be one of {list(ALL_RUNS)}, got {run!r}")
   config = ml_collections.ConfigDict(base.to_dict())
   d = config.diffusion
   d.beta_schedule = schedule
@@ -135,9 +112,6 @@ def base_config(cpu_config: ml_collections.ConfigDict, full_scale: bool,
   return runs.config_from_cli(cpu_config, full_scale_config if full_scale else None, argv)
 
 
-# ------------------------------------------------------------------------------------------
-# The training-loss noise of a run.
-
 def loss_noise(rows: list, key: str = "loss") -> dict:
   """Statistics of the per-batch training loss over the second half of training.
 
@@ -149,8 +123,7 @@ def loss_noise(rows: list, key: str = "loss") -> dict:
   values = np.asarray([r[key] for r in rows if key in r], np.float64)
   values = values[len(values) // 2:]
   if len(values) < 3:
-    return {"n": len(values), "mean": float("nan"), "std": float("nan"),
-            "diff_std": float("nan")}
+    return {"n": len(values), "mean": NAN, "std": NAN, "diff_std": NAN}
   return {"n": int(len(values)), "mean": float(values.mean()), "std": float(values.std(ddof=1)),
           "diff_std": float(np.sqrt(np.mean(np.diff(values) ** 2) / 2.0))}
 
@@ -182,199 +155,125 @@ def conclusions(nll: dict) -> list:
 
   nll: run name -> total bits/dim (NaN or missing for diverged runs).
   """
-  def get(r):
-    v = nll.get(r)
-    return float("nan") if v is None else v
+  def claim(text, cells, sep):
+    """cells: [(label, run)]; the claim is that the first cell has the lowest NLL."""
+    v = [NAN if nll.get(run) is None else nll[run] for _, run in cells]
+    return (text, ordering(all(v[0] < x for x in v[1:]), *v),
+            sep.join(f"{label} {fmt(x)}" for (label, _), x in zip(cells, v)))
 
-  out = []
-  for s in SCHEDULES:
-    vlb, hyb, sim = get(f"{s}_vlb"), get(f"{s}_hybrid"), get(f"{s}_simple")
-    out.append((f"{s}: L_vlb (importance-sampled) gives the best NLL",
-                ordering(vlb < hyb and vlb < sim, vlb, hyb, sim),
-                f"L_vlb {fmt(vlb)}, L_hybrid {fmt(hyb)}, L_simple {fmt(sim)}"))
-  for s in SCHEDULES:
-    hyb, sim = get(f"{s}_hybrid"), get(f"{s}_simple")
-    out.append((f"{s}: L_hybrid beats L_simple in NLL", ordering(hyb < sim, hyb, sim),
-                f"L_hybrid {fmt(hyb)} vs L_simple {fmt(sim)}"))
-  for o in OBJECTIVES:
-    cos, lin = get(f"cosine_{o}"), get(f"linear_{o}")
-    out.append((f"{OBJECTIVE_NAMES[o]}: cosine beats linear in NLL",
-                ordering(cos < lin, cos, lin),
-                f"cosine {fmt(cos)} vs linear {fmt(lin)}"))
-  return out
+  objs = lambda s, names: [(OBJECTIVE_NAMES[o], f"{s}_{o}") for o in names]
+  return ([claim(f"{s}: L_vlb (importance-sampled) gives the best NLL",
+                 objs(s, ("vlb", "hybrid", "simple")), ", ") for s in SCHEDULES]
+          + [claim(f"{s}: L_hybrid beats L_simple in NLL", objs(s, ("hybrid", "simple")), " vs ")
+             for s in SCHEDULES]
+          + [claim(f"{OBJECTIVE_NAMES[o]}: cosine beats linear in NLL",
+                   [(s, f"{s}_{o}") for s in ("cosine", "linear")], " vs ") for o in OBJECTIVES])
 
 
-def plot(path: str, records: dict, num_steps: int) -> bool:
+def plot(path: str, records: dict) -> bool:
   """PNG: (a) the per-timestep bound terms L_t of every run, (b) the L_vlb training losses."""
   plt = common.pyplot()
   if plt is None:
     return False
-  fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-  ax = axes[0]
+  fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.2))
   for run, rec in records.items():
-    if rec.get("bound") is None:
-      continue
-    vb = np.asarray(rec["bound"]["terms"]["vb"], np.float64)
-    style = "-" if run.startswith("cosine") else "--"
-    ax.semilogy(np.arange(len(vb)), np.maximum(vb, 1e-8), style, lw=1,
-                label=f"{run} ({rec['bound']['summary']['total_bpd']:.3f})")
-  ax.set_xlabel("timestep t (0 = decoder L_0)")
-  ax.set_ylabel("L_t (bits/dim), test split")
-  ax.set_title("Per-timestep bound terms (total in the legend)")
+    if rec.get("bound") is not None:
+      vb = np.asarray(rec["bound"]["terms"]["vb"], np.float64)
+      ax.semilogy(np.arange(len(vb)), np.maximum(vb, 1e-8), "-" if run.startswith("cosine")
+                  else "--", lw=1, label=f"{run} ({rec['bound']['summary']['total_bpd']:.3f})")
+  ax.set(xlabel="timestep t (0 = decoder L_0)", ylabel="L_t (bits/dim), test split",
+         title="Per-timestep bound terms (total in the legend)")
   ax.legend(fontsize=7)
-  ax = axes[1]
   for run in ("cosine_vlb", VLB_UNIFORM, "linear_vlb"):
     rows = records.get(run, {}).get("metrics") or []
     if rows:
-      steps = [r["step"] for r in rows]
-      ax.plot(steps, [r["loss"] for r in rows], lw=0.7, label=run)
-  ax.set_yscale("symlog", linthresh=1.0)
-  ax.set_xlabel("training step")
-  ax.set_ylabel("per-batch L_vlb estimate (bits/dim)")
-  ax.set_title("L_vlb training loss: importance vs uniform timesteps")
-  ax.legend(fontsize=7)
+      bx.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=0.7, label=run)
+  bx.set_yscale("symlog", linthresh=1.0)
+  bx.set(xlabel="training step", ylabel="per-batch L_vlb estimate (bits/dim)",
+         title="L_vlb training loss: importance vs uniform timesteps")
+  bx.legend(fontsize=7)
   common.save_figure(fig, path)
   return True
 
 
-def scale_text(base, full_scale: bool) -> str:
-  d, m, t, o = base.diffusion, base.model, base.training, base.optimizer
-  data = base.data.dataset
-  return (f"Scale: {'FULL (the paper CIFAR-10 settings)' if full_scale else 'CPU'}: data "
-          f"`{data}`; U-Net ch {m.ch}, ch_mult {tuple(m.ch_mult)}, {m.num_res_blocks} res "
-          f"block(s)/level, attention at {tuple(m.attn_resolutions)}, dropout "
-          f"{'0.1 linear / 0.3 cosine' if full_scale else m.dropout}; T = {d.num_timesteps}; "
-          f"{t.num_steps} steps at batch {t.batch_size}; {o.name} lr {o.learning_rate} "
-          f"(warmup {o.warmup_steps}), grad clip {o.grad_clip}, EMA {o.ema_rate}; hybrid "
-          f"lambda {d.hybrid_lambda}; eps-prediction. NLL = the full bound on "
-          f"{'all' if not base.eval.num_examples else base.eval.num_examples} test images with "
-          f"the EMA parameters (one noise draw per example and timestep), exact discretized "
-          f"Gaussian decoder ({'exact' if d.get('decoder_approx') is None else d.decoder_approx})."
-          f" One seed ({base.seed}) per cell.")
+NLL_HEADERS = ["schedule", "objective", "variance", "t sampler", "ours: NLL bound (bits/dim)",
+               "L_T prior", "L_0 decoder", "sum L_t, t>=1", "paper CIFAR-10 (T=4K)",
+               "paper ImageNet64 (200K it, T=4K)", "status", "run min"]
+QUARTER_HEADERS = ["cell", "t in 1st quarter (incl. L_0)", "2nd", "3rd", "4th",
+                   "of which the last step t = T-1", "L_T", "total", "total without t = T-1"]
+NOISE_HEADERS = ["run", "batches", "mean loss", "std of per-batch loss", "successive-diff std"]
+
+
+def summary(rec: dict) -> dict:
+  """The bound's summary of a run's record ({} while pending or when it diverged)."""
+  return (rec.get("bound") or {}).get("summary", {})
+
+
+def nll_rows(records: dict) -> list:
+  """The main table: per run its settings, bound (and parts), the paper's values, status."""
+  rows = []
+  for run in (r for r in ALL_RUNS if r in records):
+    schedule, objective = run.split("_", 1)
+    info, s = records[run].get("info"), summary(records[run])
+    nums = [fmt(s.get(k, NAN), 4) if info else "-"
+            for k in ("total_bpd", "prior_bpd", "decoder_bpd", "diffusion_bpd")]
+    status = (info["status"] + (" (reused)" if info.get("reused") else "") if info
+              else "pending (not run yet)")
+    rows.append([schedule, OBJECTIVE_NAMES[objective], *OBJECTIVE_SETTINGS[objective][1:], *nums]
+                + [fmt(p[run], 2) if run in p else "-" for p in (PAPER_CIFAR10, PAPER_IMAGENET64)]
+                + [status, fmt(info["seconds"] / 60.0, 1) if info else "-"])
+  return rows
+
+
+def quarter_rows(records: dict) -> list:
+  """Per run with a bound: L_t summed per quarter of the timesteps, the last step, L_T, total."""
+  rows = []
+  for run in ALL_RUNS:
+    b = records.get(run, {}).get("bound")
+    if b:
+      s, last = b["summary"], float(b["terms"]["vb"][-1])
+      total = s.get("total_bpd", NAN)
+      values = [s.get(f"vb_q{q}_bpd", NAN) for q in range(4)] + [last, s.get("prior_bpd", NAN)]
+      rows.append([run] + [fmt(v, 4) for v in values + [total, total - last]])
+  return rows
 
 
 def report(base, full_scale: bool, records: dict, fig_path: str, fig_ok: bool) -> str:
-  num_steps = base.training.num_steps
-  lines = ["Nichol & Dhariwal (2021), *Improved Denoising Diffusion Probabilistic Models*, "
-           "Table 1 (ImageNet 64x64) and Table 2 (CIFAR-10): NLL of L_simple, L_hybrid and "
-           "L_vlb with the linear and the cosine schedule. Every cell below is one model; "
-           "they differ only in the schedule and the objective.", "",
-           scale_text(base, full_scale), "",
-           "Settings per objective (as in the paper's ablations): L_simple with FIXED "
-           "variances sigma_t^2 = beta_t (`fixed_large`, DDPM's CIFAR-10 choice) and uniform t; "
-           "L_hybrid = L_simple + 0.001 L_vlb with LEARNED variances (eq. 15, `learned_range`; "
-           "stop-gradient on the mean in L_vlb) and uniform t; L_vlb with learned variances and "
-           "the loss-second-moment importance sampler (`timestep_sampler = importance`: p_t "
-           "proportional to sqrt(E[L_t^2]) over the last 10 losses of each t, uniform until "
-           "every t has 10).", ""]
+  """The Markdown body: the prose of experiments/reports/improved_ddpm.md around the tables."""
+  text, m, d, table = common.report_text(NAME), base.model, base.diffusion, common.markdown_table
+  parts = [text["intro"].format(
+      c=base, scale="FULL (the paper CIFAR-10 settings)" if full_scale else "CPU",
+      ch_mult=tuple(m.ch_mult), attn=tuple(m.attn_resolutions),
+      dropout="0.1 linear / 0.3 cosine" if full_scale else m.dropout,
+      n_test=base.eval.num_examples or "all",
+      decoder="exact" if d.get("decoder_approx") is None else d.decoder_approx,
+      table=table(NLL_HEADERS, nll_rows(records)))]
   pending = [run for run, rec in records.items() if not rec.get("info")]
   if pending:
-    lines = [f"**In progress: {len(records) - len(pending)} of {len(records)} runs finished; "
-             f"pending: {', '.join(pending)}.**", ""] + lines
-  headers = ["schedule", "objective", "variance", "t sampler", "ours: NLL bound (bits/dim)",
-             "L_T prior", "L_0 decoder", "sum L_t, t>=1", "paper CIFAR-10 (T=4K)",
-             "paper ImageNet64 (200K it, T=4K)", "status", "run min"]
-  rows, nll = [], {}
-  for run in list(RUNS) + [VLB_UNIFORM]:
-    if run not in records:
-      continue
-    rec = records[run]
-    schedule, objective = run.split("_", 1)
-    loss_type, var_type, sampler = OBJECTIVE_SETTINGS[objective]
-    b = rec.get("bound")
-    s = b["summary"] if b else {}
-    total = s.get("total_bpd", float("nan"))
-    nll[run] = total
-    info = rec.get("info") or {"status": "pending (not run yet)"}
-    status = info["status"] + (" (reused)" if info.get("reused") else "")
-    num = (lambda v: fmt(v, 4)) if rec.get("info") else (lambda v: "-")   # pending: blank
-    rows.append([schedule, OBJECTIVE_NAMES[objective], var_type, sampler, num(total),
-                 num(s.get("prior_bpd", float("nan"))),
-                 num(s.get("decoder_bpd", float("nan"))),
-                 num(s.get("diffusion_bpd", float("nan"))),
-                 fmt(PAPER_CIFAR10.get(run), 2) if run in PAPER_CIFAR10 else "-",
-                 fmt(PAPER_IMAGENET64.get(run), 2) if run in PAPER_IMAGENET64 else "-",
-                 status,
-                 fmt(info["seconds"] / 60.0, 1) if rec.get("info") else "-"])
-  lines += [common.markdown_table(headers, rows), ""]
-  lines += ["Paper values: NLL in bits/dim on the test set, CIFAR-10 after 500K iterations "
-            "(Table 2), ImageNet 64x64 after 200K iterations (Table 1), both T = 4000. The "
-            "paper has no linear-schedule L_vlb run (n/a). With longer training it reports "
-            "ImageNet 64x64 cosine L_hybrid 3.57 and L_vlb 3.53 (1.5M iterations). These values "
-            "were read from two independent transcriptions of the tables (the paper's PDF could "
-            "not be opened here); the CIFAR-10 cosine values 2.94 / 3.17 / 3.26 also match the "
-            "task statement. Our numbers are on 8x8 digits with 17 levels (at most log2(17) = "
-            "4.09 bits/dim), not comparable in absolute value: compare orderings only.", ""]
-
-  T = base.diffusion.num_timesteps
-  q_rows = []
-  for run in list(RUNS) + [VLB_UNIFORM]:
-    b = records.get(run, {}).get("bound")
-    if b:
-      s = b["summary"]
-      last = float(b["terms"]["vb"][-1])
-      q_rows.append([run] + [fmt(s.get(k, float("nan")), 4) for k in (
-          "vb_q0_bpd", "vb_q1_bpd", "vb_q2_bpd", "vb_q3_bpd")] + [
-              fmt(last, 4), fmt(s.get("prior_bpd", float("nan")), 4),
-              fmt(s.get("total_bpd", float("nan")), 4),
-              fmt(s.get("total_bpd", float("nan")) - last, 4)])
+    parts.insert(0, text["in_progress"].format(done=len(records) - len(pending),
+                                               total=len(records), pending=", ".join(pending)))
+  q_rows = quarter_rows(records)
   if q_rows:
-    lines += ["Where the bound is paid: the terms L_t summed over each quarter of the "
-              f"timesteps (t = 0 is the decoder L_0; quarter q holds t in [qT/4, (q+1)T/4), "
-              f"T = {T}), bits/dim:", ""]
-    lines += [common.markdown_table(["cell", "t in 1st quarter (incl. L_0)", "2nd", "3rd", "4th",
-                                     "of which the last step t = T-1", "L_T", "total",
-                                     "total without t = T-1"], q_rows), ""]
-    lines += ["The last step matters for the cosine schedule: its betas are clipped at 0.999 "
-              "(N&D eq. 17), so at t = T-1 alpha_t = 1 - beta_t = 0.001 and the mean "
-              "mu_theta = (x_t - beta_t / sqrt(1 - alphabar_t) eps_theta) / sqrt(alpha_t) "
-              "multiplies any error of eps_theta by beta_t / sqrt(alpha_t (1 - alphabar_t)) ~ "
-              "32: that one term L_{T-1} is large unless eps_theta(x_T, T-1) is very accurate. "
-              "The last column is a diagnostic only (not a bound).", ""]
-
-  lines += ["## Do the paper's conclusions hold at our scale?", ""]
-  claims = conclusions(nll)
-  lines += [common.markdown_table(["claim (paper: holds)", "ours", "numbers (bits/dim)"],
-                                  [list(c) for c in claims]), ""]
-  held = sum(c[1] == stats.HOLDS for c in claims)
-  failed = sum(c[1] == stats.FAILS for c in claims)
-  lines += [f"{held} of {len(claims)} orderings hold here, {failed} do not"
-            f"{'' if held + failed == len(claims) else ', the rest cannot be judged'}. One "
-            f"seed per cell and "
-            f"{num_steps} training steps, no error bars: differences of a few hundredths of a bit/dim are "
-            f"within what another seed or a longer run could change.", ""]
-
-  if VLB_UNIFORM in records and "cosine_vlb" in records:
-    imp = records["cosine_vlb"].get("noise")
-    uni = records[VLB_UNIFORM].get("noise")
-    if imp and uni:
-      lines += ["## Is L_vlb without importance sampling noisier? (N&D Sec. 3.3, Fig. 2)", ""]
-      rows = []
-      for name, nz in (("cosine_vlb (importance)", imp), ("cosine_vlb_uniform", uni)):
-        rows.append([name, nz["n"], fmt(nz["mean"], 3), fmt(nz["std"], 3), fmt(nz["diff_std"], 3)])
-      lines += [common.markdown_table(
-          ["run", "batches", "mean loss", "std of per-batch loss", "successive-diff std"], rows),
-          ""]
-      ratio = uni["std"] / imp["std"] if imp["std"] > 0 else float("nan")
-      noisier = "yes" if uni["std"] > imp["std"] else "no"
-      lines += [f"Per-batch training loss (batch {base.training.batch_size}, the unbiased "
-                f"weights * T * L_t estimate of sum_t L_t) over the second half of training, "
-                f"logged every {base.training.steps_per_log} steps. Uniform timesteps noisier "
-                f"than importance-sampled: **{noisier}** (std ratio uniform / importance = "
-                f"{fmt(ratio, 1)}). The paper shows this as gradient noise scale (Fig. 2); we "
-                f"measure the noise of the loss estimate, which is what the sampler targets.", ""]
+    parts.append(text["quarters"].format(T=d.num_timesteps, table=table(QUARTER_HEADERS, q_rows)))
+  claims = conclusions({run: summary(rec).get("total_bpd", NAN) for run, rec in records.items()})
+  held, failed = (sum(c[1] == v for c in claims) for v in (stats.HOLDS, stats.FAILS))
+  parts.append(text["claims"].format(
+      table=table(["claim (paper: holds)", "ours", "numbers (bits/dim)"], claims), held=held,
+      n=len(claims), failed=failed, num_steps=base.training.num_steps,
+      rest="" if held + failed == len(claims) else ", the rest cannot be judged"))
+  imp, uni = (records.get(run, {}).get("noise") for run in ("cosine_vlb", VLB_UNIFORM))
+  if imp and uni:
+    rows = [[name, nz["n"]] + [fmt(nz[k], 3) for k in ("mean", "std", "diff_std")]
+            for name, nz in (("cosine_vlb (importance)", imp), ("cosine_vlb_uniform", uni))]
+    ratio = uni["std"] / imp["std"] if imp["std"] > 0 else NAN
+    parts.append(text["noise"].format(c=base, table=table(NOISE_HEADERS, rows), ratio=fmt(ratio, 1),
+                                      noisier="yes" if uni["std"] > imp["std"] else "no"))
   if fig_ok:
-    lines += [f"![per-timestep terms and L_vlb loss curves]({os.path.basename(fig_path)})", "",
-              "Left: the bound term L_t at every timestep on the test split, per run. Right: "
-              "the per-batch L_vlb training loss (symlog scale).", ""]
+    parts.append(text["figure"].format(fig=os.path.basename(fig_path)))
   done = [rec["info"]["seconds"] for rec in records.values() if rec.get("info")]
-  lines += [f"Compute of the finished runs: {sum(done) / 60:.1f} min in all (train + eval, "
-            f"summed over runs, as measured when each run was made; 'run min' above). The "
-            f"wall time at the top is the invocation's that computed these results (runs it "
-            f"reused, status 'reused', took no time there).", ""]
-  lines += ["Runs (checkpoints, metrics.jsonl, eval/bound_<step>.json with every term):", ""]
-  lines += [f"- `{run}`: `{rec['workdir']}`" for run, rec in records.items() if rec]
-  return "\n".join(lines)
+  parts.append(text["runs"].format(minutes=sum(done) / 60))
+  items = [f"- `{run}`: `{rec['workdir']}`" for run, rec in records.items() if rec]
+  return "\n".join(["\n\n".join(parts), ""] + items)
 
 
 # ------------------------------------------------------------------------------------------
@@ -390,10 +289,8 @@ def record(r: runs.Run) -> dict:
   if "message" in status:
     info["error"] = status["message"]
   metrics = [{"step": m["step"], "loss": m["loss"]} for m in r.train_metrics() if "loss" in m]
-  bound = None
-  if info["status"] == "ok":
-    b = r.bound()
-    bound = {"summary": b["summary"], "terms": {"vb": b["terms"]["vb"]}}
+  b = r.bound() if info["status"] == "ok" else None
+  bound = {"summary": b["summary"], "terms": {"vb": b["terms"]["vb"]}} if b else None
   return {"workdir": r.workdir, "info": info, "bound": bound, "metrics": metrics,
           "noise": loss_noise(metrics) if metrics else None}
 
@@ -425,19 +322,17 @@ def render(results: dict, results_dir: str) -> str:
   """The Markdown body (and the figure <results_dir>/improved_ddpm.png) from the results."""
   base = ml_collections.ConfigDict(results["config"])
   fig_path = os.path.join(results_dir, NAME + ".png")
-  fig_ok = plot(fig_path, results["records"], base.training.num_steps)
-  return report(base, results["full_scale"], results["records"], fig_path, fig_ok)
+  return report(base, results["full_scale"], results["records"], fig_path,
+                plot(fig_path, results["records"]))
 
 
 def readme_table(results: dict) -> str:
   """README's summary table: the test NLL bound of each cell beside the paper's CIFAR-10 values
   (the lowest of a row in bold when the row has all three objectives)."""
-  nll = {run: (rec.get("bound") or {}).get("summary", {}).get("total_bpd")
-         for run, rec in results["records"].items()}
+  nll = {run: summary(rec).get("total_bpd") for run, rec in results["records"].items()}
 
   def row(label, values, digits):
-    full = [v for v in values[:3] if v is not None]
-    best = min(full) if len(full) == 3 else None
+    best = None if None in values[:3] else min(values[:3])
     cell = lambda v: ("-" if v is None else f"**{v:.{digits}f}**" if v == best
                       else f"{v:.{digits}f}")
     return [label] + [cell(v) for v in values]
