@@ -6,7 +6,7 @@ setup(
   version="0.1.0",
   description="Variational bounds on log-likelihood: exact enumerated ELBOs, the DDPM "
   "bound term by term, the VDM continuous-time bound, and a pmapped training loop.",
-  packages=find_packages(include=["vdm", "vdm.*", "experiments", "configs"]),
+  packages=find_packages(include=["vdm", "vdm.*", "experiments", "configs", "configs.*"]),
   # The prose of the experiments' reports (experiments.common.report_text).
   package_data={"experiments": ["reports/*.md"]},
   python_requires=">=3.10",
