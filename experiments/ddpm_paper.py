@@ -4,25 +4,13 @@ r"""DDPM (Ho et al. 2020) Tables 1, 2 and 4 / Fig. 5, paper values beside ours, 
   python -m experiments.ddpm_paper --table=table2 --config.training.num_steps=500
   python -m experiments.ddpm_paper --config=configs/paper/ddpm_digits.py:full   # CIFAR-10, GPU/TPU
 
-Table 2 (ablation): six runs, mean parameterization mu~ ("mean") or eps, crossed with the
-objective: the true bound L (loss_type kl: T * L_t at a uniform t, Ho et al. eq. 5) with a
-learned diagonal Sigma (var_type learned: the network's last C channels are log Sigma) or with
-a fixed isotropic Sigma (paper.fixed_var_type, default fixed_large: sigma_t^2 = beta_t), and the
-unweighted MSE on the mean parameter (loss_type mse: ||eps - eps_theta||^2 = L_simple, eq. 14,
-or ||mu~ - mu_theta||^2). For each: the full bound on the test split (calc_bpd, bits/dim) and
-the squared Frechet distance between real test images and model samples in the penultimate
-layer of a small CNN trained here on the same data with its labels ("FD_<data>-classifier";
-FID needs Inception weights that cannot be downloaded here, see experiments/frechet.py).
-Table 1 (NLL rows): the bound on the test split and on a training subset of the same size, for
-L (eps, fixed Sigma) and L_simple: the same runs, no retraining. Table 4 / Fig. 5: rate and
-distortion at every reverse step of the eps + L_simple run (vdm.diffusion.ddpm.rate_distortion).
-
-Runs live in <workdir_root>/<dataset>/<run>; rerunning reuses finished runs (a trained run is
-never retrained, its bound, samples and train-split bound are cached in the run directory) and
-resumes unfinished ones from their checkpoints. A run whose loss becomes non-finite
-(train.NonFiniteLossError) is recorded as diverged and not retried. Each table's numbers (and
-the samples its figure shows) are saved to results/ddpm_<table>.json and the Markdown and
-figures are rendered from that file; `--render_only` redraws them without any run directory.
+Table 2: six runs (RUNS), mu~ or eps prediction crossed with the objective (the bound L with a
+learned or a fixed Sigma, or the unweighted MSE); Table 1: the test and train bounds of two of
+them; Table 4 / Fig. 5: rate and distortion along the reverse process of eps + L_simple. Runs
+live in <workdir_root>/<dataset>/<run> (experiments.runs: a finished run is reused, never
+retrained; an unfinished one resumes; a diverged one is recorded, not retried). Each table goes to
+results/ddpm_<table>.json; its Markdown (prose: experiments/reports/ddpm_paper.md) and figure
+are rendered from that file; `--render_only` redraws them without any run directory.
 """
 from __future__ import annotations
 
@@ -37,14 +25,12 @@ from typing import Optional
 from absl import app, flags
 import numpy as np
 
-from experiments import common, runs, stats
-from experiments import frechet
+from experiments import common, frechet, runs, stats
 
 TABLES = ("table1", "table2", "table4", "all")
 FIXED_VAR_TYPES = ("fixed_large", "fixed_small")
 REFERENCES = ("test", "train")
 
-# ---------------------------------------------------------------------------------------------
 # The runs and the paper's numbers.
 
 @dataclasses.dataclass(frozen=True)
@@ -97,12 +83,10 @@ def tables_to_write(table: str) -> tuple:
 def validate_paper_config(config) -> None:
   """ValueErrors naming the field, before anything long runs."""
   p = config.paper
-  if p.fixed_var_type not in FIXED_VAR_TYPES:
-    raise ValueError(f"config field paper.fixed_var_type must be one of {list(FIXED_VAR_TYPES)}, "
-                     f"got {p.fixed_var_type!r}")
-  for field in ("fd_reference", "fid_reference"):
-    if p[field] not in REFERENCES:
-      raise ValueError(f"config field paper.{field} must be one of {list(REFERENCES)}, got "
+  for field, allowed in (("fixed_var_type", FIXED_VAR_TYPES), ("fd_reference", REFERENCES),
+                         ("fid_reference", REFERENCES)):
+    if p[field] not in allowed:
+      raise ValueError(f"config field paper.{field} must be one of {list(allowed)}, got "
                        f"{p[field]!r}")
   for field in ("train_eval_examples", "num_samples", "fd_bootstrap"):
     if int(p[field]) != p[field] or p[field] < 0:
@@ -126,17 +110,11 @@ def run_config(base, run: Run):
   return cfg
 
 
-# ---------------------------------------------------------------------------------------------
 # Helpers for the tables.
 
-def log2_levels(dataset) -> float:
-  return math.log2(dataset.num_levels)
-
-
 NOT_RUN = "not run (left out by --runs)"
-
-
 EXPLODED_FACTOR = 10.0   # a bound above 10 log2 K bits/dim counts as exploded
+UNRESOLVED = "unresolved"
 
 
 def run_state(status: dict, bound: Optional[dict], dataset, samples_info=None) -> str:
@@ -152,7 +130,7 @@ def run_state(status: dict, bound: Optional[dict], dataset, samples_info=None) -
   if status["state"] == "diverged":
     return "unstable: " + status.get("message", "non-finite loss").split(";")[0]
   total = bound["summary"]["total_bpd"]
-  uniform = log2_levels(dataset)
+  uniform = math.log2(dataset.num_levels)
   if not math.isfinite(total) or total > EXPLODED_FACTOR * uniform:
     return (f"unstable: bound {total:.3g} bits/dim exploded (> {EXPLODED_FACTOR:g} log2 K = "
             f"{EXPLODED_FACTOR * uniform:.1f})")
@@ -173,23 +151,27 @@ def minutes(sec) -> str:
   return "—" if sec is None else f"{sec / 60:.1f}"
 
 
+def fd_text(r: dict, digits: int = 3) -> str:
+  """A run's feature distance ± its bootstrap s.d. ('—' without one)."""
+  return "—" if r["fd"] is None else f"{r['fd']:.{digits}f} ± {r['fd_sd']:.{digits}f}"
+
+
+def step_at(fraction: float, T: int) -> int:
+  """The reverse step (1..T) at a fraction of the T steps."""
+  return max(1, int(round(fraction * T)))
+
+
 def scale_text(results: dict) -> str:
+  """The Scale paragraph of every table (after "Scale. "): our data, model and training."""
   c, data = results["config"], results["data"]
-  d, t, m, o = c["diffusion"], c["training"], c["model"], c["optimizer"]
-  return (f"Data: {data['name']} ({'x'.join(map(str, data['shape']))}, K = {data['num_levels']} "
-          f"levels, {data['num_train']} train / {data['num_test']} test images; the bounds use "
-          f"{data['n_test']} test images). Model: U-Net ch {m['ch']}, ch_mult "
-          f"{tuple(m['ch_mult'])}, {m['num_res_blocks']} res block(s), attention at "
-          f"{tuple(m['attn_resolutions'])}, dropout {m['dropout']}. Diffusion: T = "
-          f"{d['num_timesteps']}, {d['beta_schedule']} betas {d['beta_start']:g}.."
-          f"{d['beta_end']:g}. Training: {t['num_steps']} steps at batch {t['batch_size']}, "
-          f"{o['name']} lr {o['learning_rate']:g} ({o['warmup_steps']} warmup), grad clip "
-          f"{o['grad_clip']:g}, EMA {o['ema_rate']:g}; evaluated once at the end with the EMA "
-          f"parameters. Paper: CIFAR-10 (32x32x3, K = 256), 35.7M-parameter U-Net, T = 1000, "
-          f"800K steps at batch 128, lr 2e-4, EMA 0.9999.")
+  return common.report_text("ddpm_paper")["scale"].format(
+      c=c, data=data, shape="x".join(map(str, data["shape"])),
+      ch_mult=tuple(c["model"]["ch_mult"]), attn=tuple(c["model"]["attn_resolutions"]))
 
 
-UNRESOLVED = "unresolved"
+def headers(section: str, **fields) -> list:
+  """A table's column headers: the items of a '- ' list section of the report's template."""
+  return [h[2:] for h in common.report_text("ddpm_paper")[section].format(**fields).split("\n")]
 
 
 def verdict(holds) -> str:
@@ -212,28 +194,25 @@ def _unpack(packed: dict) -> np.ndarray:
   return np.frombuffer(base64.b64decode(packed["b64"]), np.uint8).reshape(packed["shape"])
 
 
-# ---------------------------------------------------------------------------------------------
 # Table 2.
 
 def table2(config, dataset, ctxs: dict, statuses: dict, n_test: int, train_idx,
            fid_weights: str) -> dict:
   """Table 2's numbers: per run its state, NLL, feature distance (+ bootstrap s.d.), FID and
   the first 64 samples; the classifier, the real-vs-real floor and the FID status."""
-  p = config.paper
-  K = dataset.num_levels
+  p, K, clf_timer = config.paper, dataset.num_levels, common.Timer()
   n_samples = int(p.num_samples) or n_test
-  clf_timer = common.Timer()
   clf = frechet.train_classifier(dataset.train, dataset.train_labels, dataset.test,
                                  dataset.test_labels, K, p.classifier)
-  ref_v = dataset.test[:n_test] if p.fd_reference == "test" else dataset.train[train_idx]
-  ref_f = clf.features(ref_v)
-  other_v = dataset.train[train_idx] if p.fd_reference == "test" else dataset.test[:n_test]
+  test_v, train_v = dataset.test[:n_test], dataset.train[train_idx]
+  ref_v, other_v = (test_v, train_v) if p.fd_reference == "test" else (train_v, test_v)
+  ref_f, other_f = clf.features(ref_v), clf.features(other_v)
   fid_ref_v = dataset.train if p.fid_reference == "train" else dataset.test
   out = {"fd_name": f"FD_{dataset.name}-classifier", "n_samples": n_samples,
          "test_accuracy": clf.test_accuracy, "num_reference": len(ref_v),
          "num_other": len(other_v),
-         "floor": frechet.frechet_distance_features(clf.features(other_v), ref_f),
-         "floor_sd": frechet.bootstrap_std(clf.features(other_v), ref_f, int(p.fd_bootstrap)),
+         "floor": frechet.frechet_distance_features(other_f, ref_f),
+         "floor_sd": frechet.bootstrap_std(other_f, ref_f, int(p.fd_bootstrap)),
          "classifier_seconds": clf_timer.seconds,
          "fid_reason": frechet.fid_unavailable_reason(fid_weights or None),
          "num_fid_reference": len(fid_ref_v),
@@ -241,8 +220,7 @@ def table2(config, dataset, ctxs: dict, statuses: dict, n_test: int, train_idx,
   for run in RUNS:
     ctx, status = ctxs[run.name], statuses[run.name]
     bound = ctx.bound() if status["state"] == "trained" else None
-    r = {"nll": None, "fd": None, "fd_sd": None, "fid": None, "samples": None}
-    info = None
+    r, info = {"nll": None, "fd": None, "fd_sd": None, "fid": None, "samples": None}, None
     if bound is not None:
       r["nll"] = bound["summary"]["total_bpd"]
       v, info = ctx.samples(n_samples, int(p.sample_batch_size))
@@ -261,89 +239,40 @@ def table2(config, dataset, ctxs: dict, statuses: dict, n_test: int, train_idx,
 
 def render_table2(results: dict, results_dir: str) -> str:
   """Table 2's Markdown (and ddpm_table2.png) from its results."""
-  t2, p, data = results["table2"], results["config"]["paper"], results["data"]
-  K, fd_name = data["num_levels"], t2["fd_name"]
-  rows = []
-  for run in RUNS:
-    r = t2["runs"][run.name]
-    paper_nll = (f"≤ {PAPER_NLL[run.name][0]:.2f} (Table 1)" if run.name in PAPER_NLL
-                 else "not reported")
-    rows.append([
-        run.objective,
-        run.paper_is if run.paper_is else "— (unstable)",
-        f"{run.paper_fid:.2f}" if run.paper_fid is not None else "— (unstable)",
-        paper_nll, r["state"], fmt(r["nll"]),
-        "—" if r["fd"] is None else f"{r['fd']:.3f} ± {r['fd_sd']:.3f}",
-        fmt(r["fid"], 2) if r["fid"] is not None else "not computed¹",
-        minutes(r["seconds"])])
-  headers = ["Objective (Ho et al. Table 2 row)", "Paper IS", "Paper FID", "Paper NLL (bits/dim)",
-             "Ours: stability", "Ours: test NLL bound (bits/dim)",
-             f"Ours: {fd_name} ± bootstrap s.d.", "Ours: FID", "Ours: train + eval + sampling (min)"]
-  var_text = {"fixed_large": "sigma_t^2 = beta_t (`fixed_large`, the DDPM reference code's "
-                             "CIFAR-10 setting)",
-              "fixed_small": "sigma_t^2 = beta~_t (`fixed_small`, the posterior variance)"}
-  log2k = math.log2(K)
-  lines = [
-      "Reverse-process parameterization and training-objective ablation (Ho et al. 2020, "
-      "Table 2). Paper: unconditional CIFAR-10, IS and FID on 50000 samples; its blank entries "
-      "(here '— (unstable)') \"were unstable to train and generated poor samples with "
-      "out-of-range scores\". Table 2 of the paper reports no NLL; Table 1 gives it for the two "
-      "eps rows with fixed Sigma.",
-      "",
-      f"Scale. {scale_text(results)}",
-      "",
-      f"Objectives: L = the true bound (`loss_type=kl`: T * L_t at a uniform t); fixed "
-      f"isotropic Sigma = {var_text[p['fixed_var_type']]}; learned diagonal Sigma = `var_type="
-      f"learned` (the network outputs log Sigma per pixel); the MSE rows are unweighted "
-      f"(`loss_type=mse`) on the network's mean parameter (eps, or mu~ itself). NLL = the full "
-      f"DDPM bound L_T + sum L_t + L_0 (discretized Gaussian decoder) on the test images. A run "
-      f"is marked unstable, as the paper marks its blank entries, if its loss became "
-      f"non-finite (train.NonFiniteLossError), its bound is non-finite or exploded (above "
-      f"{EXPLODED_FACTOR:g} log2 K = {EXPLODED_FACTOR * log2k:.1f} bits/dim), "
-      f"or its samples are non-finite; a stable run whose bound is worse than the uniform code "
-      f"over the K levels (log2 K = {log2k:.3f} bits/dim) is flagged as such "
-      f"(under-trained at this scale) but still compared.",
-      "",
-      f"Sample quality: {fd_name} = squared Frechet distance between Gaussians fitted to the "
-      f"{int(p['classifier']['features'])}-d penultimate-layer features of a small CNN trained "
-      f"here on the {data['num_train']} labelled training images "
-      f"({int(p['classifier']['epochs'])} epochs; test accuracy "
-      f"{100 * t2['test_accuracy']:.1f}%), between {t2['n_samples']} samples per model "
-      f"(ancestral sampling, T steps, quantized to the K levels) and the {t2['num_reference']} "
-      f"{p['fd_reference']} images. This is not FID and is not comparable with the paper's "
-      f"numbers; only the ordering of the rows is. Lower is better. The same distance between "
-      f"{t2['num_other']} real {'training' if p['fd_reference'] == 'test' else 'test'} images "
-      f"and the reference is {t2['floor']:.3f} ± {t2['floor_sd']:.3f}: the floor at this sample "
-      f"size. ± = standard deviation over {int(p['fd_bootstrap'])} bootstrap resamples of both "
-      f"sets. (Classifier training and features: {t2['classifier_seconds']:.0f} s.)",
-      "",
-      common.markdown_table(headers, rows),
-      "",
-      (f"¹ FID (Inception) could not be computed here: {t2['fid_reason']}. At full scale pass "
-       f"--fid_inception_weights (FID against the {p['fid_reference']} split, as the paper's "
-       f"TTUR protocol)." if t2["fid_reason"] else
-       f"FID: pytorch-fid Inception-v3 features, {t2['n_samples']} samples against the "
-       f"{p['fid_reference']} split ({t2['num_fid_reference']} images)."),
-      "",
-      "## Does the paper's conclusion hold at our scale?",
-      "",
-  ]
-  lines += table2_conclusions(t2["runs"], fd_name)
+  text, t2, p, data = (common.report_text("ddpm_paper"), results["table2"],
+                       results["config"]["paper"], results["data"])
+  K, log2k = data["num_levels"], math.log2(data["num_levels"])
+  rows = [[run.objective, run.paper_is or "— (unstable)",
+           "— (unstable)" if run.paper_fid is None else f"{run.paper_fid:.2f}",
+           f"≤ {PAPER_NLL[run.name][0]:.2f} (Table 1)" if run.name in PAPER_NLL
+           else "not reported", r["state"], fmt(r["nll"]), fd_text(r),
+           "not computed¹" if r["fid"] is None else fmt(r["fid"], 2), minutes(r["seconds"])]
+          for run, r in ((run, t2["runs"][run.name]) for run in RUNS)]
+  fid = (text["fid_missing"] if t2["fid_reason"] else text["fid_computed"]).format(t2=t2, p=p)
+  body = text["table2"].format(
+      t2=t2, p=p, data=data, scale=scale_text(results), factor=EXPLODED_FACTOR,
+      exploded=EXPLODED_FACTOR * log2k, log2k=log2k,
+      var=text["var_fixed_large" if p["fixed_var_type"] == "fixed_large" else "var_fixed_small"],
+      features=int(p["classifier"]["features"]), epochs=int(p["classifier"]["epochs"]),
+      other="training" if p["fd_reference"] == "test" else "test",
+      bootstrap=int(p["fd_bootstrap"]), fid=fid,
+      table=common.markdown_table(headers("table2_headers", fd_name=t2["fd_name"]), rows),
+      claims="\n".join(table2_conclusions(t2["runs"], t2["fd_name"])))
   samples = {n: _unpack(r["samples"]) for n, r in t2["runs"].items() if r["samples"]}
   fig = plot_samples(os.path.join(results_dir, "ddpm_table2.png"), samples, _unpack(t2["real"]),
                      K)
   if fig:
-    lines += ["", f"Samples (first 64 per run) and real test images: `{os.path.basename(fig)}`."]
-  return "\n".join(lines)
+    body += "\n\n" + text["table2_figure"].format(fig=os.path.basename(fig))
+  return body
 
 
 def table2_conclusions(results: dict, fd_name: str) -> list:
-  def stable(name):
-    return results[name]["state"].startswith("stable") and results[name]["fd"] is not None
-
-  def fd(name):
-    r = results[name]
-    return f"{r['fd']:.3f} ± {r['fd_sd']:.3f}" if r["fd"] is not None else "—"
+  """The numbered claims under Table 2 (one line each): the paper's conclusion, ours and the
+  verdict; an FD difference within 2 combined bootstrap s.d. leaves a claim unresolved."""
+  text, out = common.report_text("ddpm_paper"), []
+  fd = {n: fd_text(r) for n, r in results.items()}
+  stable = [n for n in RUNS_BY_NAME
+            if results[n]["state"].startswith("stable") and results[n]["fd"] is not None]
 
   def resolved(a, b):
     """|FD a - FD b| exceeds 2 combined bootstrap s.d. (both stable)."""
@@ -354,62 +283,48 @@ def table2_conclusions(results: dict, fd_name: str) -> list:
     """a is worse than b: a unstable while b stable (True), or both stable and FD a > FD b by
     more than 2 combined bootstrap s.d. (True; by less: UNRESOLVED; FD a < FD b by more:
     False)."""
-    if not stable(b) or results[a]["state"] == NOT_RUN:
+    if b not in stable or results[a]["state"] == NOT_RUN:
       return None
-    if not stable(a):
+    if a not in stable:
       return True
-    if not resolved(a, b):
-      return UNRESOLVED
-    return results[a]["fd"] > results[b]["fd"]
+    return results[a]["fd"] > results[b]["fd"] if resolved(a, b) else UNRESOLVED
 
-  out = []
-  stable_runs = [r.name for r in RUNS if stable(r.name)]
-  if any(results[r.name]["state"] == NOT_RUN for r in RUNS):
-    out.append(f"1. Paper: eps prediction with L_simple gives the best sample quality. Ours: "
-               f"not every row was run (--runs). {verdict(None)}.")
-  elif stable_runs:
-    ranked = sorted(stable_runs, key=lambda n: results[n]["fd"])
+  def claim(section, holds=None, **fields):
+    out.append(text[section].format(n=len(out) + 1, r=results, fd=fd, verdict=verdict(holds),
+                                    **fields))
+
+  ranked = sorted(stable, key=lambda n: results[n]["fd"])
+  if any(results[n]["state"] == NOT_RUN for n in RUNS_BY_NAME):
+    claim("claim_best_not_run")
+  elif ranked:
     best = ranked[0]
-    if best == "eps_simple":
-      # Best, and resolved only if it beats the runner-up by more than the noise.
+    if best == "eps_simple":   # best, resolved only if it beats the runner-up by more than noise
       holds = True if len(ranked) == 1 or resolved(best, ranked[1]) else UNRESOLVED
     else:
-      holds = UNRESOLVED if stable("eps_simple") and not resolved(best, "eps_simple") else False
-    out.append(f"1. Paper: eps prediction with L_simple gives the best sample quality (FID 3.17 "
-               f"vs >= 13.22 for every other row). Ours: the lowest {fd_name} is "
-               f"{fd(best)} ({RUNS_BY_NAME[best].objective}); eps + L_simple: "
-               f"{fd('eps_simple')}"
-               + (f"; the runner-up: {fd(ranked[1])} ({ranked[1]})" if len(ranked) > 1 else "")
-               + f". {verdict(holds)}.")
+      holds = UNRESOLVED if "eps_simple" in stable and not resolved(best, "eps_simple") else False
+    claim("claim_best", holds, fd_name=fd_name, best=fd[best],
+          objective=RUNS_BY_NAME[best].objective, runner_up=text["claim_runner_up"].format(
+              fd=fd[ranked[1]], name=ranked[1]) if len(ranked) > 1 else "")
   else:
-    out.append("1. No run was stable: nothing to compare.")
-  for mean, fixed, learned in (("eps", "eps_L_fixed", "eps_L_learned"),
-                               ("mu~", "mean_L_fixed", "mean_L_learned")):
-    paper = ("unstable" if mean == "eps" else "FID 23.69 vs 13.22 with fixed Sigma")
-    out.append(f"{len(out) + 1}. Paper: learning a diagonal Sigma in the bound is unstable or "
-               f"worse than a fixed Sigma ({mean} prediction: {paper}). Ours ({mean}): learned "
-               f"{results[learned]['state']}, {fd(learned)}; fixed {results[fixed]['state']}, "
-               f"{fd(fixed)}. {verdict(worse(learned, fixed))}.")
-  out.append(f"{len(out) + 1}. Paper: mu~ prediction works only with the true bound; with the "
-             f"unweighted MSE it is unstable. Ours: MSE {results['mean_mse']['state']}, "
-             f"{fd('mean_mse')}; L fixed {fd('mean_L_fixed')}. "
-             f"{verdict(worse('mean_mse', 'mean_L_fixed'))}.")
-  a, b = results["eps_L_fixed"], results["mean_L_fixed"]
-  if stable("eps_L_fixed") and stable("mean_L_fixed"):
-    tol = 2.0 * math.hypot(a["fd_sd"], b["fd_sd"])
-    close = abs(a["fd"] - b["fd"]) <= tol
-    out.append(f"{len(out) + 1}. Paper: with L and fixed Sigma, eps prediction performs about as "
-               f"well as mu~ prediction (FID 13.51 vs 13.22). Ours: {fd('eps_L_fixed')} vs "
-               f"{fd('mean_L_fixed')}; difference {abs(a['fd'] - b['fd']):.3f}, "
-               f"{'within' if close else 'outside'} 2 combined bootstrap s.d. ({tol:.3f}). "
-               f"{verdict(close)}.")
-  nlls = {r.name: results[r.name]["nll"] for r in RUNS
-          if results[r.name]["nll"] is not None and math.isfinite(results[r.name]["nll"])}
+    out.append(text["claim_none_stable"])
+  for mean, fixed, learned, paper in (
+      ("eps", "eps_L_fixed", "eps_L_learned", "unstable"),
+      ("mu~", "mean_L_fixed", "mean_L_learned", "FID 23.69 vs 13.22 with fixed Sigma")):
+    claim("claim_learned", worse(learned, fixed), mean=mean, paper=paper,
+          learned=results[learned]["state"], learned_fd=fd[learned],
+          fixed=results[fixed]["state"], fixed_fd=fd[fixed])
+  claim("claim_mse", worse("mean_mse", "mean_L_fixed"))
+  if "eps_L_fixed" in stable and "mean_L_fixed" in stable:
+    a, b = results["eps_L_fixed"], results["mean_L_fixed"]
+    diff, tol = abs(a["fd"] - b["fd"]), 2.0 * math.hypot(a["fd_sd"], b["fd_sd"])
+    claim("claim_eps_vs_mean", diff <= tol, diff=diff, tol=tol,
+          where="within" if diff <= tol else "outside")
+  nlls = {n: results[n]["nll"] for n in RUNS_BY_NAME
+          if results[n]["nll"] is not None and math.isfinite(results[n]["nll"])}
   if nlls:
     order = sorted(nlls, key=nlls.get)
-    out.append(f"{len(out) + 1}. NLL (not in the paper's Table 2): best bound "
-               f"{nlls[order[0]]:.4f} bits/dim ({RUNS_BY_NAME[order[0]].objective}); the order "
-               f"(best first): " + ", ".join(f"{n} {nlls[n]:.3f}" for n in order) + ".")
+    claim("claim_nll", best=nlls[order[0]], objective=RUNS_BY_NAME[order[0]].objective,
+          order=", ".join(f"{n} {nlls[n]:.3f}" for n in order))
   return out
 
 
@@ -419,11 +334,10 @@ def plot_samples(path: str, samples: dict, real, num_levels: int) -> Optional[st
   if plt is None:
     return None
   from vdm import reporting
-  panels = [("real test images", real)] + [(RUNS_BY_NAME[n].name, v) for n, v in samples.items()]
+  panels = [("real test images", real)] + list(samples.items())
   fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.9), squeeze=False)
   for ax, (title, v) in zip(axes[0], panels):
-    x = frechet.encode_levels(v, num_levels)
-    grid = reporting.image_grid(x, num_levels)
+    grid = reporting.image_grid(frechet.encode_levels(v, num_levels), num_levels)
     ax.imshow(grid if grid.ndim == 3 and grid.shape[-1] == 3 else np.squeeze(grid),
               cmap="gray", interpolation="nearest")
     ax.set_title(title, fontsize=8)
@@ -431,7 +345,6 @@ def plot_samples(path: str, samples: dict, real, num_levels: int) -> Optional[st
   return common.save_figure(fig, path)
 
 
-# ---------------------------------------------------------------------------------------------
 # Table 1.
 
 def table1(ctxs: dict, statuses: dict, dataset, train_idx) -> dict:
@@ -448,56 +361,35 @@ def table1(ctxs: dict, statuses: dict, dataset, train_idx) -> dict:
   return out
 
 
+T1_LABELS = {"eps_L_fixed": "L (eps prediction, fixed isotropic Sigma)",
+             "eps_simple": "L_simple (eps prediction, fixed isotropic Sigma)"}
+
+
 def render_table1(results: dict, results_dir: str) -> str:
+  """Table 1's Markdown from its results (no figure)."""
   del results_dir
-  t1, data = results["table1"], results["data"]
-  rows, ours = [], {}
-  labels = {"eps_L_fixed": "L (eps prediction, fixed isotropic Sigma)",
-            "eps_simple": "L_simple (eps prediction, fixed isotropic Sigma)"}
+  text, t1, rows, ours = common.report_text("ddpm_paper"), results["table1"], [], {}
   for name in TABLE_RUNS["table1"]:
-    r, paper = t1[name], f"≤ {PAPER_NLL[name][0]:.2f} ({PAPER_NLL[name][1]:.2f})"
+    r, (paper_test, paper_train) = t1[name], PAPER_NLL[name]
+    row = [T1_LABELS[name], f"≤ {paper_test:.2f} ({paper_train:.2f})"]
     if "test" not in r:
-      rows.append([labels[name], paper, r["state"], "—", "—", "—"])
+      rows.append(row + [r["state"], "—", "—", "—"])
       continue
     ours[name] = (r["test"], r["train"])
-    rows.append([labels[name], paper, f"≤ {r['test']:.4f} ({r['train']:.4f})",
-                 fmt(r["test"] - r["train"]), f"{PAPER_NLL[name][0] - PAPER_NLL[name][1]:.2f}",
-                 minutes(r["seconds"])])
-  headers = ["Objective", "Paper NLL test (train), bits/dim", "Ours: NLL test (train), bits/dim",
-             "Ours: test − train", "Paper: test − train", "Ours: train-split eval (min)"]
-  lines = [
-      "NLL rows of Ho et al. (2020) Table 1: the variational bound (bits/dim) on the test split "
-      "and, in brackets, the training split, for a model trained on the true bound L (eps "
-      "prediction, fixed isotropic Sigma) and one trained on L_simple. Paper: CIFAR-10. Ours: "
-      f"the eps + L fixed and eps + L_simple runs of Table 2 (not retrained); test = "
-      f"{data['n_test']} test images, train = a fixed random subset of {data['n_train_eval']} "
-      f"training images (seed {results['config']['seed']}).",
-      "",
-      f"Scale. {scale_text(results)}",
-      "",
-      common.markdown_table(headers, rows),
-      "",
-      "## Does the paper's conclusion hold at our scale?",
-      "",
-  ]
+    rows.append(row + [f"≤ {r['test']:.4f} ({r['train']:.4f})", fmt(r["test"] - r["train"]),
+                       f"{paper_test - paper_train:.2f}", minutes(r["seconds"])])
+  claims = text["table1_missing"]
   if len(ours) == 2:
     (tl, trl), (ts, trs) = ours["eps_L_fixed"], ours["eps_simple"]
-    lines.append(f"1. Paper: training on the true bound L gives a better (lower) NLL than "
-                 f"L_simple (3.70 vs 3.75 test). Ours: {tl:.4f} vs {ts:.4f} test "
-                 f"(difference {ts - tl:+.4f}). {verdict(tl < ts)}.")
     gap = max(abs(tl - trl), abs(ts - trs))
-    lines.append(f"2. Paper: the train-test gap is at most 0.03 bits/dim (no overfitting). "
-                 f"Ours: largest |test − train| = {gap:.4f} bits/dim. {verdict(gap <= 0.03)}.")
-    lines.append("")
-    lines.append("Each bound is one Monte Carlo estimate (one noise draw per image and timestep, "
-                 "all T timesteps summed) averaged over the images; its sampling error is not "
-                 "estimated here.")
-  else:
-    lines.append("A run needed here was not run (--runs) or diverged: no comparison.")
-  return "\n".join(lines)
+    claims = text["table1_claims"].format(bound=tl, simple=ts, diff=ts - tl,
+                                          verdict=verdict(tl < ts), gap=gap,
+                                          gap_verdict=verdict(gap <= 0.03))
+  return text["table1"].format(data=results["data"], c=results["config"],
+                               scale=scale_text(results), claims=claims,
+                               table=common.markdown_table(headers("table1_headers"), rows))
 
 
-# ---------------------------------------------------------------------------------------------
 # Table 4 / Fig. 5.
 
 def table4(ctxs: dict, statuses: dict, dataset) -> dict:
@@ -516,7 +408,7 @@ def steepness(rd: dict) -> tuple:
   distortion drop done, counted from reverse step 0.1 T, the paper's first row). rd: rate and
   distortion [T] at reverse steps 1..T."""
   T = len(rd["rate"])
-  s9, s1 = max(1, int(round(0.9 * T))), max(1, int(round(0.1 * T)))
+  s9, s1 = step_at(0.9, T), step_at(0.1, T)
   rate, dist = np.asarray(rd["rate"]), np.asarray(rd["distortion"])
   return (float(rate[s9 - 1] / rate[-1]),
           float((dist[s1 - 1] - dist[s9 - 1]) / (dist[s1 - 1] - dist[-1])))
@@ -524,110 +416,64 @@ def steepness(rd: dict) -> tuple:
 
 def render_table4(results: dict, results_dir: str) -> str:
   """Table 4's Markdown (and ddpm_table4.png) from its results."""
-  t4, data = results["table4"], results["data"]
+  text, t4, data = common.report_text("ddpm_paper"), results["table4"], results["data"]
   K = data["num_levels"]
-  head = [
-      "Rate and distortion along the reverse process (Ho et al. 2020, Table 4 and Fig. 5): "
-      "progressive lossy decoding with the eps + L_simple model. After reverse step s = "
-      "1..T the receiver holds x_t (t = T - s + 1 in the paper's 1-based time), has received "
-      "rate(s) = L_T + sum_{t' > t} L_{t'} bits/dim, and estimates x0 by the model's "
-      "prediction from x_t; distortion(s) = RMSE of that estimate against x0 over the test "
-      "images, on the pixel scale 0..K-1 (the paper: 0..255). The split of the total "
-      "codelength follows the paper: rate = L_T + ... + L_1, distortion = L_0 (the decoder "
-      "term), both in bits/dim.",
-      "",
-      f"Scale. {scale_text(results)}",
-      "",
-  ]
+  head = text["table4_intro"].format(scale=scale_text(results))
   if "rate_distortion" not in t4:
-    return "\n".join(head + [f"The eps + L_simple run is {t4['state']}: no table."])
+    return head + "\n\n" + text["table4_missing"].format(state=t4["state"])
   rd = {k: np.asarray(v) for k, v in t4["rate_distortion"].items()}
-  T = len(rd["rate"])
-  total, l0 = t4["total_bpd"], t4["decoder_bpd"]
-  rate_total = float(rd["rate"][-1])
-  to255 = 255.0 / (K - 1)
-  rows = []
-  for s_paper, rate_p, dist_p in PAPER_TABLE4:
-    s = max(1, int(round(s_paper / 1000 * T)))
-    rows.append([s_paper, f"{rate_p:.5f}", f"{dist_p:.5f}", s, f"{rd['rate'][s - 1]:.5f}",
-                 f"{rd['distortion'][s - 1]:.5f}", f"{rd['distortion'][s - 1] * to255:.3f}"])
-  headers = ["Paper: reverse step (T = 1000)", "Paper: rate (bits/dim)",
-             "Paper: distortion (RMSE, 0-255)", f"Ours: reverse step (T = {T})",
-             "Ours: rate (bits/dim)", f"Ours: distortion (RMSE, 0-{K - 1})",
-             f"Ours: distortion x 255/{K - 1}"]
+  T, total, l0 = len(rd["rate"]), t4["total_bpd"], t4["decoder_bpd"]
+  rate_total, last, to255 = float(rd["rate"][-1]), rd["distortion"][-1], 255.0 / (K - 1)
+  rows = [[s_paper, f"{rate_p:.5f}", f"{dist_p:.5f}", s, f"{rd['rate'][s - 1]:.5f}",
+           f"{rd['distortion'][s - 1]:.5f}", f"{rd['distortion'][s - 1] * to255:.3f}"]
+          for s_paper, rate_p, dist_p in PAPER_TABLE4 for s in [step_at(s_paper / 1000, T)]]
   split_rows = [
       ["rate = L_T + ... + L_1 (bits/dim)", f"{PAPER_SPLIT[0]:.2f}", f"{rate_total:.4f}"],
       ["distortion = L_0 (bits/dim)", f"{PAPER_SPLIT[1]:.2f}", f"{l0:.4f}"],
       ["total = rate + distortion (bits/dim)", f"{PAPER_SPLIT[2]:.2f}", f"{total:.4f}"],
       ["distortion / total", f"{PAPER_SPLIT[1] / PAPER_SPLIT[2]:.1%}", f"{l0 / total:.1%}"],
       [f"final RMSE (reverse step T), 0-255 | ours 0-{K - 1}", f"{PAPER_SPLIT[3]:.2f}",
-       f"{rd['distortion'][-1]:.4f} (x 255/{K - 1} = {rd['distortion'][-1] * to255:.3f})"],
+       f"{last:.4f} (x 255/{K - 1} = {last * to255:.3f})"],
   ]
   (p_rate, p_drop), (o_rate, o_drop) = steepness(PAPER_RD), steepness(rd)
-  s9, s1 = max(1, int(round(0.9 * T))), max(1, int(round(0.1 * T)))
   fig = plot_rate_distortion(os.path.join(results_dir, "ddpm_table4.png"), rd, K)
-  lines = head + [
-      common.markdown_table(headers, rows),
-      "",
-      "Split of the lossless codelength (test split):",
-      "",
-      common.markdown_table(["", "Paper (CIFAR-10)", f"Ours ({data['name']})"], split_rows),
-      "",
-      f"Check: ours rate at reverse step T + L_0 = {rate_total + l0:.6f} = total bound "
-      f"{total:.6f} (residual {rate_total + l0 - total:.1e}).",
-      "",
-      "## Does the paper's conclusion hold at our scale?",
-      "",
-      f"1. Paper: more than half of the lossless codelength describes imperceptible distortions "
-      f"(L_0 = 1.97 of 3.75 bits/dim = 53%, at a final RMSE of 0.95 of 255). Ours: L_0 = "
-      f"{l0:.4f} of {total:.4f} bits/dim = {l0 / total:.1%}. {verdict(l0 / total > 0.5)}."
-      + (f" Expected at K = {K}: L_0 is the cost of the last step's decoder, the log of how "
-         f"many of the K bins the final noise spreads over; a bin is 2/(K-1) = {2 / (K - 1):.3g} "
-         f"wide on [-1, 1] here against 2/255 = 0.00784 for 8-bit images, so the bits spent "
-         f"on imperceptible detail shrink with K." if K < 256 else ""),
-      f"2. Paper: the distortion falls steeply at low rate: by reverse step 900 of 1000 the "
-      f"receiver has {p_rate:.1%} of the final rate and {p_drop:.1%} of the distortion drop "
-      f"(counted from reverse step 100). Ours at reverse step {s9} of {T}: {o_rate:.1%} of the "
-      f"rate, {o_drop:.1%} of the drop (from step {s1}). "
-      f"{verdict(bool(o_drop > 0.5 and o_rate < 0.5))} (criterion: more than half of the "
-      f"drop with less than half of the rate).",
-  ]
+  body = text["table4"].format(
+      table=common.markdown_table(headers("table4_headers", T=T, k1=K - 1), rows),
+      split=common.markdown_table(["", "Paper (CIFAR-10)", f"Ours ({data['name']})"],
+                                  split_rows),
+      check=rate_total + l0, total=total, residual=rate_total + l0 - total, l0=l0,
+      share=l0 / total, verdict=verdict(l0 / total > 0.5),
+      small_k=" " + text["table4_small_k"].format(K=K, bin=2 / (K - 1)) if K < 256 else "",
+      p_rate=p_rate, p_drop=p_drop, s9=step_at(0.9, T), T=T, o_rate=o_rate, o_drop=o_drop,
+      s1=step_at(0.1, T), steep_verdict=verdict(bool(o_drop > 0.5 and o_rate < 0.5)))
   if fig:
-    lines += ["", f"Figure (Fig. 5 of the paper, ours beside the paper's Table 4 points; ours "
-                  f"rescaled by 255/{K - 1}): `{os.path.basename(fig)}`."]
-  return "\n".join(lines)
+    body += "\n\n" + text["table4_figure"].format(k1=K - 1, fig=os.path.basename(fig))
+  return head + "\n\n" + body
 
 
 def plot_rate_distortion(path: str, rd: dict, K: int) -> Optional[str]:
+  """Fig. 5: distortion against reverse steps, rate against reverse steps, distortion against
+  rate; ours (rescaled to 0-255) beside the paper's Table 4 points (PNG)."""
   plt = common.pyplot()
   if plt is None:
     return None
-  T = len(rd["rate"])
-  frac = rd["reverse_step"] / T
-  paper = np.asarray(PAPER_TABLE4)
-  pfrac = paper[:, 0] / 1000.0
-  d255 = rd["distortion"] * 255.0 / (K - 1)
+  frac, paper = rd["reverse_step"] / len(rd["rate"]), np.asarray(PAPER_TABLE4)
+  pfrac, d255 = paper[:, 0] / 1000.0, rd["distortion"] * 255.0 / (K - 1)
+  step, rate, dist = "reverse step / T", "rate (bits/dim)", "distortion (RMSE, 0-255 scale)"
+  panels = ((frac, d255, pfrac, paper[:, 2], f"ours (RMSE x 255/{K - 1})",
+             "paper (CIFAR-10, RMSE 0-255)", step, dist),
+            (frac, rd["rate"], pfrac, paper[:, 1], "ours", "paper", step, rate),
+            (rd["rate"], d255, paper[:, 1], paper[:, 2], "ours", "paper", rate, dist))
   fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-  axes[0].plot(frac, d255, label=f"ours (RMSE x 255/{K - 1})")
-  axes[0].plot(pfrac, paper[:, 2], "o", label="paper (CIFAR-10, RMSE 0-255)")
-  axes[0].set_xlabel("reverse step / T")
-  axes[0].set_ylabel("distortion (RMSE, 0-255 scale)")
-  axes[1].plot(frac, rd["rate"], label="ours")
-  axes[1].plot(pfrac, paper[:, 1], "o", label="paper")
-  axes[1].set_xlabel("reverse step / T")
-  axes[1].set_ylabel("rate (bits/dim)")
-  axes[2].plot(rd["rate"], d255, label="ours")
-  axes[2].plot(paper[:, 1], paper[:, 2], "o", label="paper")
-  axes[2].set_xlabel("rate (bits/dim)")
-  axes[2].set_ylabel("distortion (RMSE, 0-255 scale)")
-  for ax in axes:
+  for ax, (x, y, px, py, ours, theirs, xlabel, ylabel) in zip(axes, panels):
+    ax.plot(x, y, label=ours)
+    ax.plot(px, py, "o", label=theirs)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
   fig.suptitle("DDPM progressive lossy decoding (Ho et al. Fig. 5): test split")
   return common.save_figure(fig, path)
 
-
-# ---------------------------------------------------------------------------------------------
 
 TITLES = {"table1": "DDPM (Ho et al. 2020) Table 1: NLL test (train), bits/dim",
           "table2": "DDPM (Ho et al. 2020) Table 2: parameterization and objective ablation",
@@ -658,8 +504,7 @@ def compute(config, tables, workdir_root: str, fid_weights: str = "", only=()) -
   if "table2" in tables and dataset.train_labels is None:
     raise ValueError(f"data set {dataset.name!r} has no labels: Table 2's feature classifier "
                      f"needs them")
-  n_test = int(config.eval.num_examples or len(dataset.test))
-  n_test = min(n_test, len(dataset.test))
+  n_test = min(int(config.eval.num_examples or len(dataset.test)), len(dataset.test))
   n_train = int(config.paper.train_eval_examples) or n_test
   if n_train > len(dataset.train):
     raise ValueError(f"config field paper.train_eval_examples={n_train} exceeds the "
@@ -674,7 +519,6 @@ def compute(config, tables, workdir_root: str, fid_weights: str = "", only=()) -
     ctx.setup()
   statuses = {name: (ctxs[name].ensure_trained() if not only or name in only
                      else {"state": "not run", "name": name}) for name in names}
-
   data = {"name": dataset.name, "shape": list(dataset.shape),
           "num_levels": int(dataset.num_levels), "num_train": len(dataset.train),
           "num_test": len(dataset.test), "n_test": n_test, "n_train_eval": n_train,
@@ -683,56 +527,41 @@ def compute(config, tables, workdir_root: str, fid_weights: str = "", only=()) -
       "table2": lambda: table2(config, dataset, ctxs, statuses, n_test, train_idx, fid_weights),
       "table1": lambda: table1(ctxs, statuses, dataset, train_idx),
       "table4": lambda: table4(ctxs, statuses, dataset)}
-  out = {}
-  for table in tables:
-    out[table] = {"config": json.loads(config.to_json()), "data": data,
+  return {table: {"config": json.loads(config.to_json()), "data": data,
                   "statuses": {n: statuses[n] for n in TABLE_RUNS[table]},
-                  table: compute_table[table](), "seconds": timer.seconds}
-  return out
+                  table: compute_table[table](), "seconds": timer.seconds} for table in tables}
 
 
 def render(results: dict, table: str, results_dir: str) -> str:
-  """ddpm_<table>.md's body (and figure) from the table's results."""
+  """ddpm_<table>.md's body (and figure) from the table's results, then a note on its runs."""
+  text, statuses = common.report_text("ddpm_paper"), results["statuses"]
   body = {"table1": render_table1, "table2": render_table2,
           "table4": render_table4}[table](results, results_dir)
-  statuses = results["statuses"]
   ran = [n for n in TABLE_RUNS[table] if statuses[n]["state"] != "not run"]
   reused = [n for n in ran if not statuses[n].get("trained_now")]
-  note = (f"\n\nRun directories: `{results['data']['run_root']}/<run>`"
-          + (f"; reused from an earlier invocation (not retrained): {', '.join(reused)}."
-             if reused else "."))
+  note = [text["run_dirs"].format(root=results["data"]["run_root"], reused=text["reused"].format(
+      runs=", ".join(reused)) if reused else ".")]
   times = {n: statuses[n].get("train_seconds") for n in ran}
-  if times and all(v is not None for v in times.values()):
-    note += (f" Training + final test bound of the runs used, measured when they ran: "
-             f"{sum(times.values()) / 60:.1f} min in total ("
-             + ", ".join(f"{n} {v / 60:.1f}" for n, v in times.items()) + ").")
-  if reused:
-    note += " The wall time at the top is the invocation's that computed these results."
-  return body + note
+  if times and None not in times.values():
+    note.append(text["train_times"].format(total=sum(times.values()) / 60, each=", ".join(
+        f"{n} {v / 60:.1f}" for n, v in times.items())))
+  return body + "\n\n" + " ".join(note + ([text["wall_time"]] if reused else []))
 
 
-README_LABELS = {
-    "mean_L_learned": "mu~ prediction, L, learned diagonal Sigma",
-    "mean_L_fixed": "mu~ prediction, L, fixed isotropic Sigma",
-    "mean_mse": "mu~ prediction, unweighted MSE",
-    "eps_L_learned": "eps prediction, L, learned diagonal Sigma",
-    "eps_L_fixed": "eps prediction, L, fixed isotropic Sigma",
-    "eps_simple": "eps prediction, L_simple"}
+# README's labels where they are not the Table 2 row's label with ', ' for ': '.
+README_LABELS = {"mean_mse": "mu~ prediction, unweighted MSE",
+                 "eps_simple": "eps prediction, L_simple"}
 
 
 def readme_table(results: dict, table: str) -> str:
   """README's summary of one table, from its results."""
   if table == "table2":
     t2 = results["table2"]
-    rows = []
-    for run in RUNS:
-      r = t2["runs"][run.name]
-      stable = ("yes" if r["state"].startswith("stable") else
-                "not run" if r["state"] == NOT_RUN else "no")
-      rows.append([README_LABELS[run.name],
-                   f"{run.paper_fid:.2f}" if run.paper_fid is not None else "unstable",
-                   stable, fmt(r["nll"]),
-                   "—" if r["fd"] is None else f"{r['fd']:.1f} ± {r['fd_sd']:.1f}"])
+    stable = lambda s: "yes" if s.startswith("stable") else "not run" if s == NOT_RUN else "no"
+    rows = [[README_LABELS.get(run.name, run.objective.replace(": ", ", ")),
+             "unstable" if run.paper_fid is None else f"{run.paper_fid:.2f}",
+             stable(r["state"]), fmt(r["nll"]), fd_text(r, 1)]
+            for run, r in ((run, t2["runs"][run.name]) for run in RUNS)]
     return common.markdown_table(["objective", "paper FID (CIFAR-10)", "ours: stable",
                                   "ours: test NLL bound (bits/dim)",
                                   f"ours: {t2['fd_name'].split('-')[0]}"], rows)
@@ -788,12 +617,11 @@ def define_flags() -> None:
 
 
 def main(argv):
-  FLAGS = flags.FLAGS
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  tables = tables_to_write(FLAGS.table)
-  run_tables(FLAGS.config, tables, FLAGS.workdir_root, FLAGS.results_dir,
-             FLAGS.fid_inception_weights, tuple(FLAGS.runs), FLAGS.render_only)
+  F = flags.FLAGS
+  run_tables(F.config, tables_to_write(F.table), F.workdir_root, F.results_dir,
+             F.fid_inception_weights, tuple(F.runs), F.render_only)
 
 
 if __name__ == "__main__":
