@@ -26,14 +26,9 @@ def command_line() -> str:
 
 
 def cpu_name() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
+  """This CPU's model name (vdm.xla_options.cpu_model, which the probe's cache is keyed by)."""
+  from vdm.xla_options import cpu_model
+  return cpu_model()["model"]
 
 
 def loadavg() -> float | None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import time
 
+from experiments import common
+
 KINDS = ("forward", "input_grad", "filter_grad")
 
 
@@ -118,11 +120,6 @@ def torch_calls(conv: dict) -> dict:
           "filter_grad": backward([False, True, False])}
 
 
-def _median(xs):
-  xs = sorted(xs)
-  return xs[len(xs) // 2]
-
-
 def time_convolutions(convs: list, compiler_options: dict, reps: int, peer: bool) -> list:
   """Per convolution and kind: our median seconds (and the peer's, alternating call by call,
   if peer). Returns rows {index, lhs, rhs, strides, gflop, kind, ours_s, peer_s (or None)}."""
@@ -145,7 +142,7 @@ def time_convolutions(convs: list, compiler_options: dict, reps: int, peer: bool
           ps.append(time.perf_counter() - t0)
       rows.append({"index": i, "lhs": list(conv["lhs"]), "rhs": list(conv["rhs"]),
                    "strides": list(conv["strides"]), "gflop": gflop(conv), "kind": kind,
-                   "ours_s": _median(ts), "peer_s": _median(ps) if peer else None})
+                   "ours_s": common.median(ts), "peer_s": common.median(ps) if peer else None})
   return rows
 
 
