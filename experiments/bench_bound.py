@@ -52,29 +52,35 @@ from absl import app, flags
 from experiments import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_bool("quick", False, "Short run: T = 8, batch 2, 8x8x3, a tiny U-Net, chunk size "
-                  "4, no RSS subprocesses.")
-flags.DEFINE_integer("num_timesteps", None, "T (default 1000; --quick: 8).")
-flags.DEFINE_integer("batch", None, "Batch size (default 8; --quick: 2).")
-flags.DEFINE_integer("image_size", None, "Image height = width (default 32; --quick: 8).")
-flags.DEFINE_list("t_chunk_sizes", None, "calc_bpd chunk sizes to time (default 1,4,16; "
-                  "--quick: 4).")
-flags.DEFINE_integer("repeats", None, "Timed repetitions per case (default 2; --quick: 2).")
-flags.DEFINE_bool("warmup", None, "One untimed run per case first (default: only with --quick).")
-flags.DEFINE_bool("rss", None, "Measure peak RSS per case in a fresh subprocess (default: on, "
-                  "off with --quick).")
-flags.DEFINE_enum("compiler_options", "recommended", ["recommended", "none"],
-                  "'recommended': compile every case with vdm.models.unet."
-                  "xla_compiler_options(purpose='eval') (as vdm.train compiles its bound "
-                  "evaluation); 'none': XLA's defaults.")
-flags.DEFINE_bool("peer", True, "Also time the PyTorch per-t loop when torch and diffusers "
-                  "import (not with --quick).")
-flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads for the peer.")
-flags.DEFINE_string("output", None, "Markdown report (default results/bench_bound.md; none "
-                    "with --quick unless given).")
-flags.DEFINE_string("out", None, "Also append the JSON lines to this file.")
-flags.DEFINE_string("single_case", None, "Internal: run one case once in this process and print "
-                    "its peak RSS (used by the --rss subprocesses).")
+
+
+def define_flags() -> None:
+  """The command-line flags: defined only when run as a script, so that importing this
+  module defines none (absl refuses a flag defined twice in one process)."""
+  flags.DEFINE_bool("quick", False, "Short run: T = 8, batch 2, 8x8x3, a tiny U-Net, chunk size "
+                    "4, no RSS subprocesses.")
+  flags.DEFINE_integer("num_timesteps", None, "T (default 1000; --quick: 8).")
+  flags.DEFINE_integer("batch", None, "Batch size (default 8; --quick: 2).")
+  flags.DEFINE_integer("image_size", None, "Image height = width (default 32; --quick: 8).")
+  flags.DEFINE_list("t_chunk_sizes", None, "calc_bpd chunk sizes to time (default 1,4,16; "
+                    "--quick: 4).")
+  flags.DEFINE_integer("repeats", None, "Timed repetitions per case (default 2; --quick: 2).")
+  flags.DEFINE_bool("warmup", None, "One untimed run per case first (default: only with --quick).")
+  flags.DEFINE_bool("rss", None, "Measure peak RSS per case in a fresh subprocess (default: on, "
+                    "off with --quick).")
+  flags.DEFINE_enum("compiler_options", "recommended", ["recommended", "none"],
+                    "'recommended': compile every case with vdm.models.unet."
+                    "xla_compiler_options(purpose='eval') (as vdm.train compiles its bound "
+                    "evaluation); 'none': XLA's defaults.")
+  flags.DEFINE_bool("peer", True, "Also time the PyTorch per-t loop when torch and diffusers "
+                    "import (not with --quick).")
+  flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads for the peer.")
+  flags.DEFINE_string("output", None, "Markdown report (default results/bench_bound.md; none "
+                      "with --quick unless given).")
+  flags.DEFINE_string("out", None, "Also append the JSON lines to this file.")
+  flags.DEFINE_string("single_case", None, "Internal: run one case once in this process and print "
+                      "its peak RSS (used by the --rss subprocesses).")
+
 
 BENCH = "bound"
 UNET = dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(16,), dropout=0.0)
@@ -482,4 +488,5 @@ def section(rows, run) -> str:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

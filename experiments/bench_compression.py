@@ -26,13 +26,20 @@ import numpy as np
 
 from experiments import common
 
-flags.DEFINE_string("workdir", os.path.join(common.REPO, "workdirs", "likelihoods_digits"),
-                    "A trained digits DDPM run (configs/compression_digits.py).")
-flags.DEFINE_integer("batch", 100, "Images coded in one lockstep batch.")
-flags.DEFINE_integer("reps", 3, "Timed repetitions of each implementation.")
-flags.DEFINE_string("results_dir", common.RESULTS, "Where bench_compression.md goes.")
-flags.DEFINE_bool("quick", False, "A tiny initialized U-Net, batch 8, one rep (for tests).")
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command-line flags: defined only when run as a script, so that importing this
+  module defines none (absl refuses a flag defined twice in one process)."""
+  flags.DEFINE_string("workdir", os.path.join(common.REPO, "workdirs", "likelihoods_digits"),
+                      "A trained digits DDPM run (configs/compression_digits.py).")
+  flags.DEFINE_integer("batch", 100, "Images coded in one lockstep batch.")
+  flags.DEFINE_integer("reps", 3, "Timed repetitions of each implementation.")
+  flags.DEFINE_string("results_dir", common.RESULTS, "Where bench_compression.md goes.")
+  flags.DEFINE_bool("quick", False, "A tiny initialized U-Net, batch 8, one rep (for tests).")
+
+
 BENCH = "compression"
 
 
@@ -114,4 +121,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

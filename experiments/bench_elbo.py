@@ -48,19 +48,25 @@ from absl import app, flags
 from experiments import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_bool("quick", False, "Short run for tests: H = 8, B = 8, 3 repetitions.")
-flags.DEFINE_list("latents", ["10", "16", "20", "24"], "Numbers of binary latents H.")
-flags.DEFINE_list("batches", ["8", "64"], "Batch sizes B.")
-flags.DEFINE_integer("data_dim", 64, "Visible units D.")
-flags.DEFINE_integer("reps", 7, "Timed calls per implementation (3 for H >= 22).")
-flags.DEFINE_integer("chunk_elems", 1 << 15,
-                     "States per chunk = max(64, chunk_elems // B), rounded down to a power of 2.")
-flags.DEFINE_bool("numpyro", True, "Also time NumPyro's TraceEnum_ELBO (skipped with a note if "
-                  "numpyro or funsor cannot be imported).")
-flags.DEFINE_float("mem_limit_gb", 6.0, "Address-space limit of each case's subprocess.")
-flags.DEFINE_string("output", "results/bench_elbo.md", "Markdown report path.")
-flags.DEFINE_string("jsonl", "results/bench_elbo.jsonl", "JSON-lines output path.")
-flags.DEFINE_string("worker", "", "Internal: JSON spec of one case to run in this process.")
+
+
+def define_flags() -> None:
+  """The command-line flags: defined only when run as a script, so that importing this
+  module defines none (absl refuses a flag defined twice in one process)."""
+  flags.DEFINE_bool("quick", False, "Short run for tests: H = 8, B = 8, 3 repetitions.")
+  flags.DEFINE_list("latents", ["10", "16", "20", "24"], "Numbers of binary latents H.")
+  flags.DEFINE_list("batches", ["8", "64"], "Batch sizes B.")
+  flags.DEFINE_integer("data_dim", 64, "Visible units D.")
+  flags.DEFINE_integer("reps", 7, "Timed calls per implementation (3 for H >= 22).")
+  flags.DEFINE_integer("chunk_elems", 1 << 15,
+                       "States per chunk = max(64, chunk_elems // B), rounded down to a power of 2.")
+  flags.DEFINE_bool("numpyro", True, "Also time NumPyro's TraceEnum_ELBO (skipped with a note if "
+                    "numpyro or funsor cannot be imported).")
+  flags.DEFINE_float("mem_limit_gb", 6.0, "Address-space limit of each case's subprocess.")
+  flags.DEFINE_string("output", "results/bench_elbo.md", "Markdown report path.")
+  flags.DEFINE_string("jsonl", "results/bench_elbo.jsonl", "JSON-lines output path.")
+  flags.DEFINE_string("worker", "", "Internal: JSON spec of one case to run in this process.")
+
 
 NUMPYRO_IMPLS = ("numpyro_bernoulli", "numpyro_categorical")
 
@@ -340,4 +346,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

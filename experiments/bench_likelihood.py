@@ -50,8 +50,9 @@ CASES below (the place named "ode" is kept for the ODE likelihood):
     CASES["ode"] = Case(ode_case)                    # ode_case imported from its module
 
 The provenance keys (bench, jax, jaxlib, XLA_FLAGS, machine, command) are added to every row.
-Two modules cannot define the same absl flag in one process (DuplicateFlagError), so a case
-from a benchmark script with flags of its own (--quick, --cases, ...) runs in a subprocess:
+A case from a benchmark script with flags of its own (--quick, --cases, ...) runs in a
+subprocess, where that script defines and parses them (each script defines its flags only
+when run, as absl refuses a flag defined twice in one process):
 
     CASES["ode"] = Case(subprocess_case("experiments.bench_ode"))
 
@@ -72,21 +73,27 @@ from absl import app, flags
 from experiments import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_bool("quick", False, "Short run for tests: D = 16, H = 6, B = 4, K = 50, "
-                  "5 repetitions.")
-flags.DEFINE_list("cases", None, "Cases to run (default: all registered cases).")
-flags.DEFINE_integer("num_samples", 1000, "iwae: K, samples per example.")
-flags.DEFINE_integer("batch", 32, "iwae: examples per call.")
-flags.DEFINE_integer("data_dim", 64, "iwae: visible units D of the sigmoid belief net.")
-flags.DEFINE_integer("latents", 16, "iwae: binary latents H.")
-flags.DEFINE_integer("chunk_size", None, "iwae: samples per chunk of vdm.elbo.iwae_bound "
-                     "(default: the library's, max(1, 8192 // batch)).")
-flags.DEFINE_integer("reps", 40, "Timed calls per implementation (alternating); each call is "
-                     "also one Monte Carlo replicate of the value.")
-flags.DEFINE_bool("numpyro", True, "Also time NumPyro (skipped with a note if it cannot be "
-                  "imported).")
-flags.DEFINE_string("output", None, "Markdown report (default results/bench_likelihood.md; "
-                    "none with --quick unless given).")
+
+
+def define_flags() -> None:
+  """The command-line flags: defined only when run as a script, so that importing this
+  module defines none (absl refuses a flag defined twice in one process)."""
+  flags.DEFINE_bool("quick", False, "Short run for tests: D = 16, H = 6, B = 4, K = 50, "
+                    "5 repetitions.")
+  flags.DEFINE_list("cases", None, "Cases to run (default: all registered cases).")
+  flags.DEFINE_integer("num_samples", 1000, "iwae: K, samples per example.")
+  flags.DEFINE_integer("batch", 32, "iwae: examples per call.")
+  flags.DEFINE_integer("data_dim", 64, "iwae: visible units D of the sigmoid belief net.")
+  flags.DEFINE_integer("latents", 16, "iwae: binary latents H.")
+  flags.DEFINE_integer("chunk_size", None, "iwae: samples per chunk of vdm.elbo.iwae_bound "
+                       "(default: the library's, max(1, 8192 // batch)).")
+  flags.DEFINE_integer("reps", 40, "Timed calls per implementation (alternating); each call is "
+                       "also one Monte Carlo replicate of the value.")
+  flags.DEFINE_bool("numpyro", True, "Also time NumPyro (skipped with a note if it cannot be "
+                    "imported).")
+  flags.DEFINE_string("output", None, "Markdown report (default results/bench_likelihood.md; "
+                      "none with --quick unless given).")
+
 
 BENCH = "likelihood"
 
@@ -435,4 +442,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -67,13 +67,19 @@ from absl import app, flags
 from experiments import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_bool("quick", False, "Short run for tests: the MLP case, B = 4, rtol = atol = 1e-3, "
-                  "2 repetitions.")
-flags.DEFINE_list("cases", ["unet", "unet_matmul", "mlp"], "Networks: unet, unet_matmul, mlp.")
-flags.DEFINE_integer("reps", 3, "Timed calls per implementation (alternated), after one "
-                     "warm-up call.")
-flags.DEFINE_integer("batch", 16, "Batch size B (digits).")
-flags.DEFINE_float("tol", 1e-5, "rtol = atol of every solver.")
+
+
+def define_flags() -> None:
+  """The command-line flags: defined only when run as a script, so that importing this
+  module defines none (absl refuses a flag defined twice in one process)."""
+  flags.DEFINE_bool("quick", False, "Short run for tests: the MLP case, B = 4, rtol = atol = 1e-3, "
+                    "2 repetitions.")
+  flags.DEFINE_list("cases", ["unet", "unet_matmul", "mlp"], "Networks: unet, unet_matmul, mlp.")
+  flags.DEFINE_integer("reps", 3, "Timed calls per implementation (alternated), after one "
+                       "warm-up call.")
+  flags.DEFINE_integer("batch", 16, "Batch size B (digits).")
+  flags.DEFINE_float("tol", 1e-5, "rtol = atol of every solver.")
+
 
 CASES = ("unet", "unet_matmul", "mlp")
 NUM_LEVELS = 17
@@ -290,4 +296,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

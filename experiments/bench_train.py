@@ -39,31 +39,37 @@ from absl import app, flags
 from experiments import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_bool("quick", False, "Short run: the small shape at batch 8, one repetition.")
-flags.DEFINE_string("output", None, "Markdown report (default results/bench_train.md; none with "
-                    "--quick unless given).")
-flags.DEFINE_list("cases", None, "Cases to run: small, cifar10 (default: both; --quick: small).")
-flags.DEFINE_list("batches", None, "Batch sizes for every case (default: small 8,32; cifar10 8; "
-         "--quick: 8).")
-flags.DEFINE_integer("reps", None, "Timed repetitions per case (default 5; --quick: 1).")
-flags.DEFINE_bool("peer", True, "Also time the PyTorch peer when torch and diffusers import.")
-flags.DEFINE_list("peak_sizes", None, "Matmul sizes n for the float32 peak (default 2048,4096; "
-         "--quick: 1024).")
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype of our model.")
-flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads for the peer.")
-flags.DEFINE_enum("compiler_options", "recommended", ["recommended", "probe", "none"],
-         "'recommended': vdm.xla_options.xla_compiler_options() (the table measured on AMD: "
-         "convolutions on Eigen, dots and reductions on YNNPACK); 'probe': the fastest of "
-         "vdm.xla_options.CPU_CANDIDATES['train'] for each step, measured at compile time "
-         "(xla_options.probe_compile, not cached); 'none': XLA's defaults.")
-flags.DEFINE_bool("profile", None, "Also time every convolution of the U-Net alone, ours "
-         "against PyTorch's kernels (experiments/op_profile.py); default: on unless --quick.")
-flags.DEFINE_integer("profile_reps", 7, "Timed calls per convolution and kind for --profile.")
-flags.DEFINE_enum("conv_impl", "lax", ["lax", "matmul"], "UNet.conv_impl for our model.")
-flags.DEFINE_enum("malloc", "auto", ["auto", "system"],
-         "'auto': when libtcmalloc is installed and not yet preloaded, re-run this "
-         "process with LD_PRELOAD=libtcmalloc (XLA:CPU's large per-step buffers then "
-         "stop costing page faults; both ours and the peer run on it); 'system': as is.")
+
+
+def define_flags() -> None:
+  """The command-line flags: defined only when run as a script, so that importing this
+  module defines none (absl refuses a flag defined twice in one process)."""
+  flags.DEFINE_bool("quick", False, "Short run: the small shape at batch 8, one repetition.")
+  flags.DEFINE_string("output", None, "Markdown report (default results/bench_train.md; none with "
+                      "--quick unless given).")
+  flags.DEFINE_list("cases", None, "Cases to run: small, cifar10 (default: both; --quick: small).")
+  flags.DEFINE_list("batches", None, "Batch sizes for every case (default: small 8,32; cifar10 8; "
+           "--quick: 8).")
+  flags.DEFINE_integer("reps", None, "Timed repetitions per case (default 5; --quick: 1).")
+  flags.DEFINE_bool("peer", True, "Also time the PyTorch peer when torch and diffusers import.")
+  flags.DEFINE_list("peak_sizes", None, "Matmul sizes n for the float32 peak (default 2048,4096; "
+           "--quick: 1024).")
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype of our model.")
+  flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads for the peer.")
+  flags.DEFINE_enum("compiler_options", "recommended", ["recommended", "probe", "none"],
+           "'recommended': vdm.xla_options.xla_compiler_options() (the table measured on AMD: "
+           "convolutions on Eigen, dots and reductions on YNNPACK); 'probe': the fastest of "
+           "vdm.xla_options.CPU_CANDIDATES['train'] for each step, measured at compile time "
+           "(xla_options.probe_compile, not cached); 'none': XLA's defaults.")
+  flags.DEFINE_bool("profile", None, "Also time every convolution of the U-Net alone, ours "
+           "against PyTorch's kernels (experiments/op_profile.py); default: on unless --quick.")
+  flags.DEFINE_integer("profile_reps", 7, "Timed calls per convolution and kind for --profile.")
+  flags.DEFINE_enum("conv_impl", "lax", ["lax", "matmul"], "UNet.conv_impl for our model.")
+  flags.DEFINE_enum("malloc", "auto", ["auto", "system"],
+           "'auto': when libtcmalloc is installed and not yet preloaded, re-run this "
+           "process with LD_PRELOAD=libtcmalloc (XLA:CPU's large per-step buffers then "
+           "stop costing page faults; both ours and the peer run on it); 'system': as is.")
+
 
 TCMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
          "/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4",
@@ -465,4 +471,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -21,9 +21,15 @@ from absl import app, flags
 from experiments import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("run_dirs", [], "Finished run directories (config.json, checkpoints/).")
-flags.DEFINE_string("scratch", "/tmp/vdm_clip_bound_eval", "Where the copies are evaluated.")
-flags.DEFINE_string("out", None, "Also append the JSON lines to this file.")
+
+
+def define_flags() -> None:
+  """The command-line flags: defined only when run as a script, so that importing this
+  module defines none (absl refuses a flag defined twice in one process)."""
+  flags.DEFINE_list("run_dirs", [], "Finished run directories (config.json, checkpoints/).")
+  flags.DEFINE_string("scratch", "/tmp/vdm_clip_bound_eval", "Where the copies are evaluated.")
+  flags.DEFINE_string("out", None, "Also append the JSON lines to this file.")
+
 
 KEYS = ("total_bpd", "prior_bpd", "decoder_bpd", "diffusion_bpd", "vb_q0_bpd", "vb_q1_bpd",
         "vb_q2_bpd", "vb_q3_bpd")
@@ -89,4 +95,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -28,10 +28,15 @@ import jax.numpy as jnp
 import numpy as np
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("num_latents", 3, "H, binary latents of the sigmoid belief net (2**H rows).")
-flags.DEFINE_integer("data_dim", 5, "D, binary visible units.")
-flags.DEFINE_integer("seed", 0, "Seed of the parameters, of q and of the example x.")
-flags.DEFINE_string("output", "results/elbo_derivation.md", "Markdown report path.")
+
+
+def define_flags() -> None:
+  """The command-line flags: defined only when run as a script, so that importing this
+  module defines none (absl refuses a flag defined twice in one process)."""
+  flags.DEFINE_integer("num_latents", 3, "H, binary latents of the sigmoid belief net (2**H rows).")
+  flags.DEFINE_integer("data_dim", 5, "D, binary visible units.")
+  flags.DEFINE_integer("seed", 0, "Seed of the parameters, of q and of the example x.")
+  flags.DEFINE_string("output", "results/elbo_derivation.md", "Markdown report path.")
 
 
 def derivation(num_latents: int, data_dim: int, seed: int) -> dict:
@@ -150,4 +155,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -45,25 +45,30 @@ REFERENCE = {1: (-164.50, "Salakhutdinov & Murray (2008), Table 1, CD1(20) test;
                           "quoted in the task description, not re-checked against the paper")}
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("data_dir", "../shared/data/mnist",
-                    "Directory of the four MNIST IDX .gz files (relative paths are relative to "
-                    "the repo root).")
-flags.DEFINE_list("cd_k", ["1", "3"], "Gibbs steps k of CD-k; one RBM is trained per value.")
-flags.DEFINE_integer("num_hidden", 20, "Hidden units H (log Z enumerates 2**H states).")
-flags.DEFINE_integer("epochs", 20, "Training epochs per RBM.")
-flags.DEFINE_integer("batch_size", 100, "Minibatch size.")
-flags.DEFINE_float("learning_rate", 0.05, "SGD learning rate.")
-flags.DEFINE_float("momentum_start", 0.5, "Momentum for the first 5 epochs.")
-flags.DEFINE_float("momentum", 0.9, "Momentum after the first 5 epochs.")
-flags.DEFINE_float("weight_decay", 2e-4, "L2 weight decay on W.")
-flags.DEFINE_integer("train_subset", 0, "Use the first N training images (0 = all 60000).")
-flags.DEFINE_integer("test_subset", 0, "Evaluate the first N test images (0 = all 10000).")
-flags.DEFINE_integer("train_eval_subset", 10000,
-                     "Report the average log-probability of the first N training images too.")
-flags.DEFINE_integer("binarize_seed", 0, "Seed of the stochastic binarization.")
-flags.DEFINE_integer("seed", 0, "Seed of initialization, minibatch order and Gibbs sampling.")
-flags.DEFINE_integer("chunk_size", 1 << 14, "Hidden states per chunk when enumerating log Z.")
-flags.DEFINE_string("output", "results/rbm_exact.md", "Markdown report path.")
+
+
+def define_flags() -> None:
+  """The command-line flags: defined only when run as a script, so that importing this
+  module defines none (absl refuses a flag defined twice in one process)."""
+  flags.DEFINE_string("data_dir", "../shared/data/mnist",
+                      "Directory of the four MNIST IDX .gz files (relative paths are relative to "
+                      "the repo root).")
+  flags.DEFINE_list("cd_k", ["1", "3"], "Gibbs steps k of CD-k; one RBM is trained per value.")
+  flags.DEFINE_integer("num_hidden", 20, "Hidden units H (log Z enumerates 2**H states).")
+  flags.DEFINE_integer("epochs", 20, "Training epochs per RBM.")
+  flags.DEFINE_integer("batch_size", 100, "Minibatch size.")
+  flags.DEFINE_float("learning_rate", 0.05, "SGD learning rate.")
+  flags.DEFINE_float("momentum_start", 0.5, "Momentum for the first 5 epochs.")
+  flags.DEFINE_float("momentum", 0.9, "Momentum after the first 5 epochs.")
+  flags.DEFINE_float("weight_decay", 2e-4, "L2 weight decay on W.")
+  flags.DEFINE_integer("train_subset", 0, "Use the first N training images (0 = all 60000).")
+  flags.DEFINE_integer("test_subset", 0, "Evaluate the first N test images (0 = all 10000).")
+  flags.DEFINE_integer("train_eval_subset", 10000,
+                       "Report the average log-probability of the first N training images too.")
+  flags.DEFINE_integer("binarize_seed", 0, "Seed of the stochastic binarization.")
+  flags.DEFINE_integer("seed", 0, "Seed of initialization, minibatch order and Gibbs sampling.")
+  flags.DEFINE_integer("chunk_size", 1 << 14, "Hidden states per chunk when enumerating log Z.")
+  flags.DEFINE_string("output", "results/rbm_exact.md", "Markdown report path.")
 
 
 def binarize(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -255,4 +260,5 @@ def report(rows, num_train, num_test, num_train_eval, seconds) -> str:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

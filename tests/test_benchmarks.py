@@ -41,3 +41,21 @@ def test_bench_bound_quick_prints_json_lines(tmp_path):
   sections = text.split("\n## ")[1:]
   assert len(sections) == 2
   assert sections[0].count("| calc_bpd, chunk") == sections[1].count("| calc_bpd, chunk") > 0
+
+
+def test_every_experiment_module_imports_in_one_process():
+  """Scripts define their absl flags only when run, so that tests (and users) may import any
+  two of them in one process: absl raises DuplicateFlagError for a flag defined twice."""
+  code = ("import glob, importlib, os\n"
+          "from absl import flags\n"
+          "names = sorted(os.path.basename(p)[:-3] for p in glob.glob('experiments/*.py'))\n"
+          "for n in names:\n"
+          "  if n != '__init__': importlib.import_module('experiments.' + n)\n"
+          "print(len(names), sorted(flags.FLAGS))\n")
+  env = dict(os.environ, PYTHONPATH=REPO)
+  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  count, defined = out.stdout.split(" ", 1)
+  assert int(count) > 20
+  assert "'quick'" not in defined and "'output'" not in defined, defined
