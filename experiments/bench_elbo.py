@@ -58,8 +58,8 @@ def define_flags() -> None:
   flags.DEFINE_list("batches", ["8", "64"], "Batch sizes B.")
   flags.DEFINE_integer("data_dim", 64, "Visible units D.")
   flags.DEFINE_integer("reps", 7, "Timed calls per implementation (3 for H >= 22).")
-  flags.DEFINE_integer("chunk_elems", 1 << 15,
-                       "States per chunk = max(64, chunk_elems // B), rounded down to a power of 2.")
+  flags.DEFINE_integer("chunk_elems", 1 << 15, "States per chunk = max(64, chunk_elems // B), "
+                       "rounded down to a power of 2.")
   flags.DEFINE_bool("numpyro", True, "Also time NumPyro's TraceEnum_ELBO (skipped with a note if "
                     "numpyro or funsor cannot be imported).")
   flags.DEFINE_float("mem_limit_gb", 6.0, "Address-space limit of each case's subprocess.")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import platform
 import re
@@ -91,6 +92,19 @@ def machine_line() -> str:
 def max_rss_mb() -> float:
   """Peak resident memory of this process so far (MiB)."""
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def number(value, digits: int = 4, missing: str = "—", nonfinite: str | None = None) -> str:
+  """A table cell: `digits` decimals, a tiny nonzero value in scientific notation; `missing`
+  for None, `nonfinite` (default: `missing`) for nan or inf."""
+  if value is None:
+    return missing
+  value = float(value)
+  if not math.isfinite(value):
+    return missing if nonfinite is None else nonfinite
+  if value != 0 and abs(value) < 0.5 * 10.0 ** -digits:
+    return f"{value:.1e}"
+  return f"{value:.{digits}f}"
 
 
 def markdown_table(headers, rows) -> str:

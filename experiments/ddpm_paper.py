@@ -26,6 +26,7 @@ from absl import app, flags
 import numpy as np
 
 from experiments import common, frechet, runs, stats
+from vdm import checks
 
 TABLES = ("table1", "table2", "table4", "all")
 FIXED_VAR_TYPES = ("fixed_large", "fixed_small")
@@ -85,18 +86,12 @@ def validate_paper_config(config) -> None:
   p = config.paper
   for field, allowed in (("fixed_var_type", FIXED_VAR_TYPES), ("fd_reference", REFERENCES),
                          ("fid_reference", REFERENCES)):
-    if p[field] not in allowed:
-      raise ValueError(f"config field paper.{field} must be one of {list(allowed)}, got "
-                       f"{p[field]!r}")
+    checks.choice(f"config field paper.{field}", p[field], allowed)
   for field in ("train_eval_examples", "num_samples", "fd_bootstrap"):
-    if int(p[field]) != p[field] or p[field] < 0:
-      raise ValueError(f"config field paper.{field} must be an integer >= 0, got {p[field]!r}")
-  if int(p.sample_batch_size) < 1:
-    raise ValueError(f"config field paper.sample_batch_size must be >= 1, got "
-                     f"{p.sample_batch_size!r}")
-  if config.model.objective != "ddpm":
-    raise ValueError(f"config field model.objective must be 'ddpm' for the DDPM tables, got "
-                     f"{config.model.objective!r}")
+    checks.nonnegative_int(f"config field paper.{field}", p[field])
+  checks.positive_int("config field paper.sample_batch_size", p.sample_batch_size)
+  checks.choice("config field model.objective (the DDPM tables)", config.model.objective,
+                ("ddpm",))
 
 
 def run_config(base, run: Run):
@@ -139,12 +134,6 @@ def run_state(status: dict, bound: Optional[dict], dataset, samples_info=None) -
   if total > uniform:
     return f"stable (bound worse than the uniform code, log2 K = {uniform:.3f})"
   return "stable"
-
-
-def fmt(v, digits=4) -> str:
-  if v is None or (isinstance(v, float) and not math.isfinite(v)):
-    return "—"
-  return f"{v:.{digits}f}"
 
 
 def minutes(sec) -> str:
@@ -245,8 +234,9 @@ def render_table2(results: dict, results_dir: str) -> str:
   rows = [[run.objective, run.paper_is or "— (unstable)",
            "— (unstable)" if run.paper_fid is None else f"{run.paper_fid:.2f}",
            f"≤ {PAPER_NLL[run.name][0]:.2f} (Table 1)" if run.name in PAPER_NLL
-           else "not reported", r["state"], fmt(r["nll"]), fd_text(r),
-           "not computed¹" if r["fid"] is None else fmt(r["fid"], 2), minutes(r["seconds"])]
+           else "not reported", r["state"], common.number(r["nll"]), fd_text(r),
+           "not computed¹" if r["fid"] is None else common.number(r["fid"], 2),
+           minutes(r["seconds"])]
           for run, r in ((run, t2["runs"][run.name]) for run in RUNS)]
   fid = (text["fid_missing"] if t2["fid_reason"] else text["fid_computed"]).format(t2=t2, p=p)
   body = text["table2"].format(
@@ -361,23 +351,25 @@ def table1(ctxs: dict, statuses: dict, dataset, train_idx) -> dict:
   return out
 
 
-T1_LABELS = {"eps_L_fixed": "L (eps prediction, fixed isotropic Sigma)",
-             "eps_simple": "L_simple (eps prediction, fixed isotropic Sigma)"}
+def table1_table(t1: dict) -> str:
+  """Table 1, paper beside ours (in ddpm_table1.md and README)."""
+  rows = []
+  for name in TABLE_RUNS["table1"]:
+    r, (paper_test, paper_train) = t1[name], PAPER_NLL[name]
+    row = [{"eps_L_fixed": "L", "eps_simple": "L_simple"}[name] + " (eps prediction, fixed "
+           "isotropic Sigma)", f"≤ {paper_test:.2f} ({paper_train:.2f})"]
+    rows.append(row + ([r["state"], "—", "—", "—"] if "test" not in r else
+                       [f"≤ {r['test']:.4f} ({r['train']:.4f})",
+                        common.number(r["test"] - r["train"]), f"{paper_test - paper_train:.2f}",
+                        minutes(r["seconds"])]))
+  return common.markdown_table(headers("table1_headers"), rows)
 
 
 def render_table1(results: dict, results_dir: str) -> str:
   """Table 1's Markdown from its results (no figure)."""
   del results_dir
-  text, t1, rows, ours = common.report_text("ddpm_paper"), results["table1"], [], {}
-  for name in TABLE_RUNS["table1"]:
-    r, (paper_test, paper_train) = t1[name], PAPER_NLL[name]
-    row = [T1_LABELS[name], f"≤ {paper_test:.2f} ({paper_train:.2f})"]
-    if "test" not in r:
-      rows.append(row + [r["state"], "—", "—", "—"])
-      continue
-    ours[name] = (r["test"], r["train"])
-    rows.append(row + [f"≤ {r['test']:.4f} ({r['train']:.4f})", fmt(r["test"] - r["train"]),
-                       f"{paper_test - paper_train:.2f}", minutes(r["seconds"])])
+  text, t1 = common.report_text("ddpm_paper"), results["table1"]
+  ours = {n: (r["test"], r["train"]) for n, r in t1.items() if "test" in r}
   claims = text["table1_missing"]
   if len(ours) == 2:
     (tl, trl), (ts, trs) = ours["eps_L_fixed"], ours["eps_simple"]
@@ -387,7 +379,7 @@ def render_table1(results: dict, results_dir: str) -> str:
                                           gap_verdict=verdict(gap <= 0.03))
   return text["table1"].format(data=results["data"], c=results["config"],
                                scale=scale_text(results), claims=claims,
-                               table=common.markdown_table(headers("table1_headers"), rows))
+                               table=table1_table(t1))
 
 
 # Table 4 / Fig. 5.
@@ -414,6 +406,24 @@ def steepness(rd: dict) -> tuple:
           float((dist[s1 - 1] - dist[s9 - 1]) / (dist[s1 - 1] - dist[-1])))
 
 
+def split_table(t4: dict, data: dict) -> str:
+  """The split of the lossless codelength into rate and distortion and the steepness of the
+  rate-distortion curve, paper beside ours (in ddpm_table4.md and README)."""
+  rd, K, total, l0 = t4["rate_distortion"], data["num_levels"], t4["total_bpd"], t4["decoder_bpd"]
+  (p_rate, p_drop), (o_rate, o_drop) = steepness(PAPER_RD), steepness(rd)
+  last = rd["distortion"][-1]
+  rows = [["rate = L_T + ... + L_1 (bits/dim)", f"{PAPER_SPLIT[0]:.2f}", f"{rd['rate'][-1]:.4f}"],
+          ["distortion = L_0 (bits/dim)", f"{PAPER_SPLIT[1]:.2f}", f"{l0:.4f}"],
+          ["total = rate + distortion (bits/dim)", f"{PAPER_SPLIT[2]:.2f}", f"{total:.4f}"],
+          ["distortion / total", f"{PAPER_SPLIT[1] / PAPER_SPLIT[2]:.1%}", f"{l0 / total:.1%}"],
+          ["distortion at the last step (RMSE)", f"{PAPER_SPLIT[3]:.2f}",
+           f"{last:.4f} ({last * 255 / (K - 1):.3f})"],
+          ["at 90% of the reverse steps: share of rate, of distortion drop",
+           f"{p_rate:.1%}, {p_drop:.1%}", f"{o_rate:.1%}, {o_drop:.1%}"]]
+  return common.markdown_table(
+      ["", "paper (CIFAR-10, 0-255)", f"ours ({data['name']}, 0-{K - 1}; x 255/{K - 1})"], rows)
+
+
 def render_table4(results: dict, results_dir: str) -> str:
   """Table 4's Markdown (and ddpm_table4.png) from its results."""
   text, t4, data = common.report_text("ddpm_paper"), results["table4"], results["data"]
@@ -423,24 +433,15 @@ def render_table4(results: dict, results_dir: str) -> str:
     return head + "\n\n" + text["table4_missing"].format(state=t4["state"])
   rd = {k: np.asarray(v) for k, v in t4["rate_distortion"].items()}
   T, total, l0 = len(rd["rate"]), t4["total_bpd"], t4["decoder_bpd"]
-  rate_total, last, to255 = float(rd["rate"][-1]), rd["distortion"][-1], 255.0 / (K - 1)
+  rate_total, to255 = float(rd["rate"][-1]), 255.0 / (K - 1)
   rows = [[s_paper, f"{rate_p:.5f}", f"{dist_p:.5f}", s, f"{rd['rate'][s - 1]:.5f}",
            f"{rd['distortion'][s - 1]:.5f}", f"{rd['distortion'][s - 1] * to255:.3f}"]
           for s_paper, rate_p, dist_p in PAPER_TABLE4 for s in [step_at(s_paper / 1000, T)]]
-  split_rows = [
-      ["rate = L_T + ... + L_1 (bits/dim)", f"{PAPER_SPLIT[0]:.2f}", f"{rate_total:.4f}"],
-      ["distortion = L_0 (bits/dim)", f"{PAPER_SPLIT[1]:.2f}", f"{l0:.4f}"],
-      ["total = rate + distortion (bits/dim)", f"{PAPER_SPLIT[2]:.2f}", f"{total:.4f}"],
-      ["distortion / total", f"{PAPER_SPLIT[1] / PAPER_SPLIT[2]:.1%}", f"{l0 / total:.1%}"],
-      [f"final RMSE (reverse step T), 0-255 | ours 0-{K - 1}", f"{PAPER_SPLIT[3]:.2f}",
-       f"{last:.4f} (x 255/{K - 1} = {last * to255:.3f})"],
-  ]
   (p_rate, p_drop), (o_rate, o_drop) = steepness(PAPER_RD), steepness(rd)
   fig = plot_rate_distortion(os.path.join(results_dir, "ddpm_table4.png"), rd, K)
   body = text["table4"].format(
       table=common.markdown_table(headers("table4_headers", T=T, k1=K - 1), rows),
-      split=common.markdown_table(["", "Paper (CIFAR-10)", f"Ours ({data['name']})"],
-                                  split_rows),
+      split=split_table(t4, data),
       check=rate_total + l0, total=total, residual=rate_total + l0 - total, l0=l0,
       share=l0 / total, verdict=verdict(l0 / total > 0.5),
       small_k=" " + text["table4_small_k"].format(K=K, bin=2 / (K - 1)) if K < 256 else "",
@@ -490,9 +491,8 @@ def compute(config, tables, workdir_root: str, fid_weights: str = "", only=()) -
   from vdm import data as data_lib
   timer = common.Timer()
   validate_paper_config(config)
-  unknown = [n for n in only if n not in RUNS_BY_NAME]
-  if unknown:
-    raise ValueError(f"--runs: unknown run(s) {unknown}; allowed: {list(RUNS_BY_NAME)}")
+  for name in only:
+    checks.choice("--runs (each run)", name, RUNS_BY_NAME)
   if fid_weights:
     reason = frechet.fid_unavailable_reason(fid_weights)
     if reason:
@@ -560,33 +560,14 @@ def readme_table(results: dict, table: str) -> str:
     stable = lambda s: "yes" if s.startswith("stable") else "not run" if s == NOT_RUN else "no"
     rows = [[README_LABELS.get(run.name, run.objective.replace(": ", ", ")),
              "unstable" if run.paper_fid is None else f"{run.paper_fid:.2f}",
-             stable(r["state"]), fmt(r["nll"]), fd_text(r, 1)]
+             stable(r["state"]), common.number(r["nll"]), fd_text(r, 1)]
             for run, r in ((run, t2["runs"][run.name]) for run in RUNS)]
     return common.markdown_table(["objective", "paper FID (CIFAR-10)", "ours: stable",
                                   "ours: test NLL bound (bits/dim)",
                                   f"ours: {t2['fd_name'].split('-')[0]}"], rows)
   if table == "table1":
-    labels = {"eps_L_fixed": "L (eps, fixed isotropic Sigma)", "eps_simple": "L_simple"}
-    rows = [[labels[n], f"≤ {PAPER_NLL[n][0]:.2f} ({PAPER_NLL[n][1]:.2f})",
-             f"≤ {r['test']:.4f} ({r['train']:.4f})" if "test" in r else r["state"]]
-            for n, r in results["table1"].items()]
-    return common.markdown_table(["objective", "paper: test (train)",
-                                  "ours: test (train), bits/dim"], rows)
-  t4, K = results["table4"], results["data"]["num_levels"]
-  rd = t4["rate_distortion"]
-  (p_rate, p_drop), (o_rate, o_drop) = steepness(PAPER_RD), steepness(rd)
-  last = rd["distortion"][-1]
-  rows = [["rate = L_T + ... + L_1", f"{PAPER_SPLIT[0]:.2f}", f"{rd['rate'][-1]:.4f}"],
-          ["distortion = L_0", f"{PAPER_SPLIT[1]:.2f}", f"{t4['decoder_bpd']:.4f}"],
-          ["total", f"{PAPER_SPLIT[2]:.2f}", f"{t4['total_bpd']:.4f}"],
-          ["distortion at the last step (RMSE)", f"{PAPER_SPLIT[3]:.2f}",
-           f"{last:.3f} ({last * 255 / (K - 1):.2f})"],
-          ["at 90% of the reverse steps: share of rate, of distortion drop",
-           f"{p_rate:.1%}, {p_drop:.1%}", f"{o_rate:.1%}, {o_drop:.1%}"]]
-  return common.markdown_table(
-      ["", "paper (CIFAR-10, 0-255)",
-       f"ours ({results['data']['name']}, 0-{K - 1}; x 255/{K - 1})"], rows)
-
+    return table1_table(results["table1"])
+  return split_table(results["table4"], results["data"])
 
 def run_tables(config, tables, workdir_root: str, results_dir: str = common.RESULTS,
                fid_weights: str = "", only=(), render_only: bool = False) -> list:

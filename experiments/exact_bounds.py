@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 
 from configs.paper.exact_bounds import get_config
-from experiments import common, runs
+from experiments import common, runs, stats
 from vdm.diffusion.schedules import betas_from_alphas_cumprod, vp_alphas_cumprod
 
 NAME = "exact_bounds"
@@ -238,10 +238,9 @@ def summary_rows(elbo_rows, disc, gt, mc_rows) -> list:
   rows += [["(iii) Gaussian data", setting, "bits/dim", f"{H:.5f}", f"{_bpd(v, D):.5f}",
             f"{_bpd(v, D) - H:.5f}", "closed form"] for setting, v in bounds]
   for name, exact, m, se, dm, dse in mc_rows:
-    z = (m - exact) / se if se > 0 else float("inf")
     rows.append(["(iii) Monte Carlo check", name, "bits/dim", f"{exact:.5f} (closed form)",
                  f"{m:.5f} ± {se:.5f}", f"{m - exact:+.5f}",
-                 f"{z:+.2f} SE; per-example {dm:+.1e} ± {dse:.1e}"])
+                 f"{stats.z_score(m, exact, se):+.2f} SE; per-example {dm:+.1e} ± {dse:.1e}"])
   return rows
 
 
@@ -275,7 +274,7 @@ def gaussian_sections(text, cfg, gt, mc_rows, minutes) -> list:
       c=cfg, beta_span=g.vp_beta_max - g.vp_beta_min, t_valid=g.vp_beta_min / g.s_min**2,
       table=fmt(DDPM_HEAD, rows), lim=lim, T=last["T"],
       **{k: _bpd(last[k], D) - H for k in ("vdm_grid_cont", "fixed_small", "fixed_large")}))
-  rows = [[name, f"{exact:.6f}", f"{m:.6f} ± {se:.6f}", f"{(m - exact) / se:+.2f}",
+  rows = [[name, f"{exact:.6f}", f"{m:.6f} ± {se:.6f}", f"{stats.z_score(m, exact, se):+.2f}",
            f"{dm:+.2e} ± {dse:.2e}"] for name, exact, m, se, dm, dse in mc_rows]
   ok = all(abs(m - exact) <= 3 * se for _, exact, m, se, _, _ in mc_rows)
   out.append(text["mc"].format(c=cfg, ok=_yes(ok), minutes=minutes, table=fmt(

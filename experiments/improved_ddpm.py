@@ -132,15 +132,8 @@ def loss_noise(rows: list, key: str = "loss") -> dict:
 # The report.
 
 def fmt(value, digits: int = 3) -> str:
-  """Fixed-point with `digits` decimals; tiny nonzero values in scientific notation."""
-  if value is None:
-    return "n/a"
-  value = float(value)
-  if not np.isfinite(value):
-    return "nan"
-  if value != 0 and abs(value) < 0.5 * 10.0 ** -digits:
-    return f"{value:.1e}"
-  return f"{value:.{digits}f}"
+  """A table cell ('n/a' for a missing value, 'nan' for a diverged run's)."""
+  return common.number(value, digits, missing="n/a", nonfinite="nan")
 
 
 def ordering(ok: bool, *values) -> str:

@@ -26,6 +26,15 @@ def below(estimate: float, se: float, limit: float, z: float = 2.0) -> Optional[
   return False if estimate - z * se >= limit else None
 
 
+def z_score(estimate: float, reference: float, se: float) -> float:
+  """(estimate - reference) / se in standard errors; with se == 0 (a single draw or a
+  deterministic estimate) 0 when they agree exactly, else +-inf."""
+  diff = estimate - reference
+  if se > 0:
+    return diff / se
+  return 0.0 if diff == 0 else math.copysign(math.inf, diff)
+
+
 def mean_se(values) -> tuple:
   """(mean, standard error of the mean) over the values: std (ddof 1) / sqrt(N); SE 0 if N=1."""
   v = np.asarray(values, np.float64).ravel()

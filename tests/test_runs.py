@@ -1,12 +1,13 @@
 """experiments.runs: the one run layer of the paper scripts (no training here: the scripts'
 own tests train through it)."""
 import json
+import math
 import os
 
 import ml_collections
 import pytest
 
-from experiments import runs
+from experiments import common, runs
 from train_configs import toy_config
 
 
@@ -87,3 +88,17 @@ def test_one_verdict_wording_and_the_resolution_rule():
   assert stats.below(1.5, 0.2, 1.0) is False         # 1.1 >= 1
   assert stats.below(0.8, 0.2, 1.0) is None          # 0.4 .. 1.2 straddles 1
   assert stats.mean_se([1.0, 3.0]) == (2.0, 1.0) and stats.mean_se([4.0]) == (4.0, 0.0)
+  # z-scores: a zero standard error (one draw, or an exact estimate) gives 0 or +-inf, not a
+  # ZeroDivisionError in the middle of a report.
+  assert stats.z_score(1.3, 1.0, 0.1) == pytest.approx(3.0)
+  assert stats.z_score(1.0, 1.0, 0.0) == 0.0
+  assert stats.z_score(0.9, 1.0, 0.0) == -math.inf and stats.z_score(1.1, 1.0, 0.0) == math.inf
+  assert f"{stats.z_score(1.1, 1.0, 0.0):+.2f}" == "+inf"
+
+
+def test_number_cells():
+  assert common.number(1.23456) == "1.2346" and common.number(2.5, 1) == "2.5"
+  assert common.number(None) == "—" and common.number(float("nan"), missing="n/a") == "n/a"
+  assert common.number(float("inf")) == "—" and common.number(0.0) == "0.0000"
+  assert common.number(float("nan"), missing="n/a", nonfinite="nan") == "nan"
+  assert common.number(3e-7) == "3.0e-07" and common.number(-3e-7, 2) == "-3.0e-07"
