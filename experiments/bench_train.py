@@ -331,7 +331,16 @@ REPORTED_ELSEWHERE = (
     "125-154 GFLOP/s), with the AMD-tuned options of an earlier version: small batch 8 0.94x, "
     "batch 32 0.86x, CIFAR-10 batch 8 1.05x the peer (median of paired repetitions); our "
     "small step at 36% of the matmul peak against the peer's 44%. Not yet rerun with the probe "
-    "or profiled: no Intel machine was available to us.")
+    "or profiled: no Intel machine was available to us.\n\n"
+    "Earlier on the AMD EPYC (2 cores), 2026-11-24, same jax and jaxlib, PyTorch version and "
+    "allocator not recorded: 1.17x, 1.02x and 1.10x the peer (small batch 8, 32; CIFAR-10 "
+    "batch 8).")
+
+
+def setting(row) -> tuple:
+  """What one run of this script measures, and a later run of the same replaces: the CPU model
+  and the allocator."""
+  return common.cpu_label(row), row.get("malloc", "-")
 
 
 def _ms(v):
@@ -342,7 +351,7 @@ def render(rows) -> str:
   """The Markdown body from the rows of every CPU measured (train_step, train_step_ratio,
   conv_profile), each figure beside its CPU model."""
   cpus = list(dict.fromkeys(common.cpu_label(r) for r in rows if r["bench"] == "train_step"))
-  ratios = {(common.cpu_label(r), r["case"], r["batch"]): r for r in rows
+  ratios = {(setting(r), r["case"], r["batch"]): r for r in rows
             if r["bench"] == "train_step_ratio"}
   table, prof, goals, peaks = [], [], [], {}
   for r in rows:
@@ -350,24 +359,25 @@ def render(rows) -> str:
       cpu = common.cpu_label(r)
       peaks[cpu] = max(peaks.get(cpu, 0.0), r["peak_gflop_per_s"])
   for r in rows:
-    cpu = common.cpu_label(r)
+    cpu, malloc = setting(r)
     if r["bench"] == "train_step":
-      q = ratios.get((cpu, r["case"], r["batch"]))
+      q = ratios.get(((cpu, malloc), r["case"], r["batch"]))
       sp = q["paired_speedup_median"] if q else None
       table.append([cpu, r["machine"].get("measured", "-"), r["case"], r["batch"],
-                    f"{r['num_params'] / 1e6:.2f}M", r.get("compiler_options", "-"),
+                    f"{r['num_params'] / 1e6:.2f}M", r.get("compiler_options", "-"), malloc,
                     _ms(r["median_s"]), _ms(q["peer_median_s"]) if q else "-",
                     f"{sp:.2f}x" if q else "-", f"{r['images_per_s']:.1f}",
                     f"{r['gflop_per_s']:.1f}", f"{r['frac_of_peak']:.0%}"])
       if q:
-        goals.append(f"- {cpu}, {r['case']} batch {r['batch']}: {sp:.2f}x the peer "
+        where = cpu if malloc == "-" else f"{cpu}, {malloc}"
+        goals.append(f"- {where}, {r['case']} batch {r['batch']}: {sp:.2f}x the peer "
                      f"({'met' if sp >= 1.0 else 'not met'}).")
     elif r["bench"] == "conv_profile":
-      step = next(x for x in rows if x["bench"] == "train_step" and common.cpu_label(x) == cpu
+      step = next(x for x in rows if x["bench"] == "train_step" and setting(x) == (cpu, malloc)
                   and (x["case"], x["batch"]) == (r["case"], r["batch"]))
-      q = ratios.get((cpu, r["case"], r["batch"]))
+      q = ratios.get(((cpu, malloc), r["case"], r["batch"]))
       for kind, t in r["totals"].items():
-        prof.append([cpu, r["case"], r["batch"], r["compiler_options"],
+        prof.append([cpu, malloc, r["case"], r["batch"], r["compiler_options"],
                      f"{kind} ({r['num_convolutions']} convs)", _ms(t["ours_s"]),
                      _ms(t["peer_s"]),
                      f"{t['peer_s'] / t['ours_s']:.2f}x" if t["peer_s"] else "-",
@@ -376,7 +386,7 @@ def render(rows) -> str:
       conv_ours = sum(t["ours_s"] for t in r["totals"].values())
       conv_peer = (sum(t["peer_s"] for t in r["totals"].values())
                    if all(t["peer_s"] for t in r["totals"].values()) else None)
-      prof.append([cpu, r["case"], r["batch"], r["compiler_options"],
+      prof.append([cpu, malloc, r["case"], r["batch"], r["compiler_options"],
                    "all convolutions, as a share of the step",
                    f"{conv_ours / step['median_s']:.0%}",
                    f"{conv_peer / q['peer_median_s']:.0%}" if q and conv_peer else "-",
@@ -386,16 +396,19 @@ def render(rows) -> str:
       "alternating repetitions; the peer is PyTorch with diffusers.UNet2DModel of the same "
       "shape, 2 threads. GFLOP/s from XLA's cost analysis of our step (the peer's rate uses "
       "the same FLOP count). Every figure stands beside the CPU it was measured on; a run "
-      "replaces the figures of its own CPU model only (results/bench_train.jsonl keeps the "
-      "rows). Timings on a shared machine drift 20-50% between runs: the ratios come from "
-      "alternating repetitions (median of the per-repetition ratios). 'options' is the XLA:CPU "
+      "replaces the figures of its own CPU model and allocator only (results/bench_train.jsonl "
+      "keeps the rows). Timings on a shared machine drift 20-50% between runs: the ratios come "
+      "from alternating repetitions (median of the per-repetition ratios). 'options' is the XLA:CPU "
       "option set of vdm.xla_options the step was compiled with (ynn_dot_reduce: the table's "
-      "choice; with --compiler_options=probe, the probe's).",
+      "choice; with --compiler_options=probe, the probe's); 'allocator' is the malloc both "
+      "ours and the peer ran on (tcmalloc when installed: apt-get install "
+      "libtcmalloc-minimal4; --malloc=system keeps the system's).",
       "",
       "Float32 matmul peak measured in the same run: "
       + "; ".join(f"{cpu}: {peaks[cpu]:.1f} GFLOP/s" for cpu in cpus if cpu in peaks) + ".",
       "",
       common.markdown_table(["CPU", "measured", "shape", "batch", "parameters", "options",
+                             "allocator",
                              "ours (ms/step)", "PyTorch peer (ms/step)", "speedup vs peer",
                              "ours images/s", "ours GFLOP/s", "% of matmul peak"], table),
       "",
@@ -419,7 +432,7 @@ def render(rows) -> str:
         "attention, GroupNorm, activations, dropout, the loss, Adam) is what the "
         "convolutions leave.",
         "",
-        common.markdown_table(["CPU", "shape", "batch", "options", "op", "ours (ms)",
+        common.markdown_table(["CPU", "allocator", "shape", "batch", "options", "op", "ours (ms)",
                                "peer (ms)", "peer / ours", "ours GFLOP/s", "peer GFLOP/s"],
                               prof)]
   return "\n".join(lines)
@@ -431,7 +444,7 @@ def report(rows, seconds):
   out_dir = os.path.dirname(FLAGS.output) or "."
   name = os.path.splitext(os.path.basename(FLAGS.output))[0]
   os.makedirs(out_dir, exist_ok=True)
-  merged = common.merge_rows_by_cpu(os.path.join(out_dir, name + ".jsonl"), rows)
+  merged = common.merge_rows_by_cpu(os.path.join(out_dir, name + ".jsonl"), rows, key=setting)
   common.write_result(name, "Train-step speed: vdm's U-Net against PyTorch, per CPU",
                       render(merged), seconds=seconds, results_dir=out_dir)
 

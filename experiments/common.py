@@ -311,16 +311,18 @@ def cpu_label(row: dict) -> str:
   return f"{m['cpu']} ({m['cores']} cores)"
 
 
-def merge_rows_by_cpu(path: str, rows: list) -> list:
+def merge_rows_by_cpu(path: str, rows: list, key=None) -> list:
   """The benchmark rows of `path` (JSON lines) from other CPU models, then `rows`: a run
   replaces the earlier figures of its own CPU model and keeps every other CPU's; written back
-  atomically."""
-  cpus = {r["machine"]["cpu"] for r in rows}
+  atomically. key(row): what a run replaces (default: the CPU model; e.g. the CPU model and
+  the allocator to keep one run per allocator)."""
+  key = key or (lambda r: r["machine"]["cpu"])
+  mine = {key(r) for r in rows}
   old = []
   if os.path.exists(path):
     with open(path) as f:
       old = [json.loads(line) for line in f if line.strip()]
-  merged = [r for r in old if r["machine"]["cpu"] not in cpus] + rows
+  merged = [r for r in old if key(r) not in mine] + rows
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   tmp = path + ".tmp"
   with open(tmp, "w") as f:

@@ -104,3 +104,20 @@ def test_a_run_replaces_only_its_own_cpus_figures(tmp_path):
   assert "- Intel Xeon (2 cores), small batch 8: 1.18x the peer (met)." in text
   worse = bench_train.render(_rows("Intel Xeon", 150.0, 141.0))
   assert "- Intel Xeon (2 cores), small batch 8: 0.94x the peer (not met)." in worse
+  # bench_train keeps one run per CPU model and allocator: a tcmalloc run leaves the system
+  # allocator's figures of the same CPU, and replaces an earlier tcmalloc run.
+  path = str(tmp_path / "by_allocator.jsonl")
+  with_malloc = lambda rows, m: [dict(r, malloc=m) for r in rows]
+  common.merge_rows_by_cpu(path, with_malloc(_rows("AMD EPYC", 157.0, 149.0), "system"),
+                           key=bench_train.setting)
+  common.merge_rows_by_cpu(path, with_malloc(_rows("AMD EPYC", 180.0, 159.0), "tcmalloc"),
+                           key=bench_train.setting)
+  merged = common.merge_rows_by_cpu(path, with_malloc(_rows("AMD EPYC", 140.0, 159.0),
+                                                      "tcmalloc"), key=bench_train.setting)
+  assert [(r["malloc"], r["median_s"]) for r in merged if r["bench"] == "train_step"] == [
+      ("system", 0.157), ("tcmalloc", 0.140)]
+  text = bench_train.render(merged)
+  assert "- AMD EPYC (2 cores), system, small batch 8: 0.95x the peer (not met)." in text
+  assert "- AMD EPYC (2 cores), tcmalloc, small batch 8: 1.14x the peer (met)." in text
+  assert "| AMD EPYC (2 cores) | 2026-12-03 | small | 8 | 1.10M | ynn_dot_reduce | tcmalloc |" \
+      in text
