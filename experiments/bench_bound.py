@@ -59,6 +59,7 @@ def define_flags() -> None:
   module defines none (absl refuses a flag defined twice in one process)."""
   flags.DEFINE_bool("quick", False, "Short run: T = 8, batch 2, 8x8x3, a tiny U-Net, chunk size "
                     "4, no RSS subprocesses.")
+  common.define_malloc_flag()
   flags.DEFINE_integer("num_timesteps", None, "T (default 1000; --quick: 8).")
   flags.DEFINE_integer("batch", None, "Batch size (default 8; --quick: 2).")
   flags.DEFINE_integer("image_size", None, "Image height = width (default 32; --quick: 8).")
@@ -106,7 +107,7 @@ def _settings():
 
 def _env_info():
   import jax
-  return {**common.env_info(), "device": str(jax.devices()[0])}
+  return {**common.env_info(), "device": str(jax.devices()[0]), "malloc": common.allocator()}
 
 
 def _emit(row):
@@ -318,6 +319,7 @@ def _single_case(cfg):
 
 def main(argv):
   del argv
+  common.reexec_with_tcmalloc("experiments.bench_bound", FLAGS.malloc)
   cfg = _settings()
   if FLAGS.single_case:
     _single_case(cfg)
@@ -420,19 +422,24 @@ def report(rows, cfg, peak, seconds):
   run = {"bench": "bound_run", "cfg": cfg, "peak_gflop_per_s": peak,
          "compiler_options": FLAGS.compiler_options, "loadavg_1min": common.loadavg(),
          **_env_info()}
-  merged = common.merge_rows_by_cpu(os.path.join(out_dir, name + ".jsonl"), rows + [run])
+  merged = common.merge_rows_by_cpu(os.path.join(out_dir, name + ".jsonl"), rows + [run],
+                                    key=common.cpu_and_allocator)
   common.write_result(name, "The full DDPM bound: calc_bpd against a per-timestep loop, per CPU",
                       render(merged), seconds=seconds, results_dir=out_dir)
 
 
 def render(rows) -> str:
-  """One section per CPU model measured, from the rows of its latest run."""
-  lines = ["Every figure stands under the CPU it was measured on; a run replaces the section of "
-           "its own CPU model only (results/bench_bound.jsonl keeps the rows)."]
+  """One section per CPU model and allocator measured, from the rows of its latest run."""
+  lines = ["Every figure stands under the CPU and the allocator (malloc) it was measured on; a "
+           "run replaces the section of its own CPU model and allocator only "
+           "(results/bench_bound.jsonl keeps the rows). tcmalloc is preloaded when installed "
+           "(apt-get install libtcmalloc-minimal4; --malloc=system keeps the system's)."]
   for run in (r for r in rows if r["bench"] == "bound_run"):
-    cpu = common.cpu_label(run)
-    mine = [r for r in rows if r["bench"] != "bound_run" and common.cpu_label(r) == cpu]
-    lines += ["", f"## {cpu}, measured {run['machine'].get('measured', '-')}", "",
+    cpu, malloc = common.cpu_and_allocator(run)
+    mine = [r for r in rows
+            if r["bench"] != "bound_run" and common.cpu_and_allocator(r) == (cpu, malloc)]
+    where = cpu if malloc == "-" else f"{cpu}, {malloc}"
+    lines += ["", f"## {where}, measured {run['machine'].get('measured', '-')}", "",
               section(mine, run)]
   return "\n".join(lines)
 

@@ -65,37 +65,7 @@ def define_flags() -> None:
            "against PyTorch's kernels (experiments/op_profile.py); default: on unless --quick.")
   flags.DEFINE_integer("profile_reps", 7, "Timed calls per convolution and kind for --profile.")
   flags.DEFINE_enum("conv_impl", "lax", ["lax", "matmul"], "UNet.conv_impl for our model.")
-  flags.DEFINE_enum("malloc", "auto", ["auto", "system"],
-           "'auto': when libtcmalloc is installed and not yet preloaded, re-run this "
-           "process with LD_PRELOAD=libtcmalloc (XLA:CPU's large per-step buffers then "
-           "stop costing page faults; both ours and the peer run on it); 'system': as is.")
-
-
-TCMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
-         "/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4",
-         "/usr/lib64/libtcmalloc_minimal.so.4", "/usr/lib/libtcmalloc_minimal.so.4")
-_REEXEC_GUARD = "VDM_BENCH_TRAIN_REEXEC"
-
-
-def _allocator():
-  pre = os.environ.get("LD_PRELOAD", "")
-  return "tcmalloc" if "tcmalloc" in pre else ("preload:" + pre if pre else "system")
-
-
-def _maybe_reexec_with_tcmalloc():
-  """With --malloc=auto, re-run this process once with tcmalloc preloaded, if installed."""
-  if FLAGS.malloc != "auto" or os.environ.get(_REEXEC_GUARD) or "tcmalloc" in \
-      os.environ.get("LD_PRELOAD", ""):
-    return
-  lib = next((p for p in TCMALLOC_PATHS if os.path.exists(p)), None)
-  if lib is None:
-    return
-  env = dict(os.environ)
-  env[_REEXEC_GUARD] = "1"
-  env["LD_PRELOAD"] = (lib + " " + env.get("LD_PRELOAD", "")).strip()
-  sys.stdout.flush()
-  os.execve(sys.executable, [sys.executable, "-m", "experiments.bench_train"] + sys.argv[1:],
-       env)
+  common.define_malloc_flag()
 
 
 CASES = {
@@ -122,7 +92,7 @@ def _alphas_cumprod():
 
 
 def _env_info():
-  return {**common.env_info(), "malloc": _allocator(),
+  return {**common.env_info(), "malloc": common.allocator(),
           "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}
 
 
@@ -337,10 +307,7 @@ REPORTED_ELSEWHERE = (
     "batch 8).")
 
 
-def setting(row) -> tuple:
-  """What one run of this script measures, and a later run of the same replaces: the CPU model
-  and the allocator."""
-  return common.cpu_label(row), row.get("malloc", "-")
+setting = common.cpu_and_allocator   # what a later run of this script replaces
 
 
 def _ms(v):
@@ -398,8 +365,8 @@ def render(rows) -> str:
       "the same FLOP count). Every figure stands beside the CPU it was measured on; a run "
       "replaces the figures of its own CPU model and allocator only (results/bench_train.jsonl "
       "keeps the rows). Timings on a shared machine drift 20-50% between runs: the ratios come "
-      "from alternating repetitions (median of the per-repetition ratios). 'options' is the XLA:CPU "
-      "option set of vdm.xla_options the step was compiled with (ynn_dot_reduce: the table's "
+      "from alternating repetitions (median of the per-repetition ratios). 'options' is the "
+      "XLA:CPU option set of vdm.xla_options the step was compiled with (ynn_dot_reduce: the table's "
       "choice; with --compiler_options=probe, the probe's); 'allocator' is the malloc both "
       "ours and the peer ran on (tcmalloc when installed: apt-get install "
       "libtcmalloc-minimal4; --malloc=system keeps the system's).",
@@ -451,7 +418,7 @@ def report(rows, seconds):
 
 def main(argv):
   del argv
-  _maybe_reexec_with_tcmalloc()
+  common.reexec_with_tcmalloc("experiments.bench_train", FLAGS.malloc)
   quick = FLAGS.quick
   cases = FLAGS.cases or (["small"] if quick else ["small", "cifar10"])
   for c in cases:

@@ -311,6 +311,12 @@ def cpu_label(row: dict) -> str:
   return f"{m['cpu']} ({m['cores']} cores)"
 
 
+def cpu_and_allocator(row: dict) -> tuple:
+  """(cpu_label, allocator) of a benchmark row ('-' for a row that did not record one): what
+  one benchmark run measures, and a later run on the same CPU and allocator replaces."""
+  return cpu_label(row), row.get("malloc", "-")
+
+
 def merge_rows_by_cpu(path: str, rows: list, key=None) -> list:
   """The benchmark rows of `path` (JSON lines) from other CPU models, then `rows`: a run
   replaces the earlier figures of its own CPU model and keeps every other CPU's; written back
@@ -338,6 +344,45 @@ def print_json(record: dict, out: str | None = None) -> None:
   if out:
     with open(out, "a") as f:
       f.write(line + "\n")
+
+
+# The benchmarks' allocator: XLA:CPU's large per-step buffers cost page faults under glibc's
+# malloc; with tcmalloc they do not (ours and the peer alike run on it).
+
+TCMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+                  "/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4",
+                  "/usr/lib64/libtcmalloc_minimal.so.4", "/usr/lib/libtcmalloc_minimal.so.4")
+_REEXEC_GUARD = "VDM_BENCH_REEXEC"
+
+
+def define_malloc_flag() -> None:
+  """--malloc=auto|system of a benchmark script."""
+  from absl import flags
+  flags.DEFINE_enum("malloc", "auto", ["auto", "system"],
+                    "'auto': when libtcmalloc is installed (apt-get install libtcmalloc-minimal4) "
+                    "and not yet preloaded, re-run this process with LD_PRELOAD=libtcmalloc "
+                    "(XLA:CPU's large buffers then stop costing page faults; ours and the peer "
+                    "both run on it); 'system': as is.")
+
+
+def allocator() -> str:
+  """The malloc this process runs on: 'tcmalloc', 'preload:<LD_PRELOAD>' or 'system'."""
+  pre = os.environ.get("LD_PRELOAD", "")
+  return "tcmalloc" if "tcmalloc" in pre else ("preload:" + pre if pre else "system")
+
+
+def reexec_with_tcmalloc(module: str, malloc: str) -> None:
+  """With malloc == 'auto', re-run `python -m <module> <this argv>` once with tcmalloc
+  preloaded, if it is installed and not preloaded yet (its subprocesses inherit it)."""
+  if malloc != "auto" or os.environ.get(_REEXEC_GUARD) or allocator() == "tcmalloc":
+    return
+  lib = next((p for p in TCMALLOC_PATHS if os.path.exists(p)), None)
+  if lib is None:
+    return
+  env = dict(os.environ, **{_REEXEC_GUARD: "1"})
+  env["LD_PRELOAD"] = (lib + " " + env.get("LD_PRELOAD", "")).strip()
+  sys.stdout.flush()
+  os.execve(sys.executable, [sys.executable, "-m", module] + sys.argv[1:], env)
 
 
 # PyTorch peer of the benchmarks (optional: torch and diffusers are not dependencies).

@@ -30,8 +30,9 @@ def test_bench_bound_quick_prints_json_lines(tmp_path):
   with open(tmp_path / "bench_bound.jsonl") as f:
     saved = [json.loads(line) for line in f]
   assert sum(r["bench"] == "bound_run" for r in saved) == 1
-  here = common.cpu_label(saved[0])
-  assert f"## {here}, measured " in (tmp_path / "bench_bound.md").read_text()
+  here, malloc = common.cpu_and_allocator(saved[0])
+  assert malloc in ("system", "tcmalloc")
+  assert f"## {here}, {malloc}, measured " in (tmp_path / "bench_bound.md").read_text()
   other = [dict(r, machine=dict(r["machine"], cpu="Other CPU")) for r in saved]
   merged = common.merge_rows_by_cpu(str(tmp_path / "bench_bound.jsonl"), other)
   merged = common.merge_rows_by_cpu(str(tmp_path / "bench_bound.jsonl"), saved)
@@ -41,6 +42,12 @@ def test_bench_bound_quick_prints_json_lines(tmp_path):
   sections = text.split("\n## ")[1:]
   assert len(sections) == 2
   assert sections[0].count("| calc_bpd, chunk") == sections[1].count("| calc_bpd, chunk") > 0
+  # A run on another allocator of the same CPU keeps this one's section (one per allocator).
+  other_malloc = [dict(r, malloc="preload:x") for r in saved]
+  merged = common.merge_rows_by_cpu(str(tmp_path / "bench_bound.jsonl"), other_malloc,
+                                    key=common.cpu_and_allocator)
+  text = bench_bound.render(merged)
+  assert f"## {here}, {malloc}, measured " in text and f"## {here}, preload:x, measured " in text
 
 
 def test_every_experiment_module_imports_in_one_process():
