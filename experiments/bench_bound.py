@@ -107,7 +107,7 @@ def _settings():
 
 def _env_info():
   import jax
-  return {**common.env_info(), "device": str(jax.devices()[0]), "malloc": common.allocator()}
+  return {**common.env_info(), "device": str(jax.devices()[0])}
 
 
 def _emit(row):
@@ -422,8 +422,7 @@ def report(rows, cfg, peak, seconds):
   run = {"bench": "bound_run", "cfg": cfg, "peak_gflop_per_s": peak,
          "compiler_options": FLAGS.compiler_options, "loadavg_1min": common.loadavg(),
          **_env_info()}
-  merged = common.merge_rows_by_cpu(os.path.join(out_dir, name + ".jsonl"), rows + [run],
-                                    key=common.cpu_and_allocator)
+  merged = common.merge_rows_by_cpu(os.path.join(out_dir, name + ".jsonl"), rows + [run])
   common.write_result(name, "The full DDPM bound: calc_bpd against a per-timestep loop, per CPU",
                       render(merged), seconds=seconds, results_dir=out_dir)
 
@@ -435,12 +434,10 @@ def render(rows) -> str:
            "(results/bench_bound.jsonl keeps the rows). tcmalloc is preloaded when installed "
            "(apt-get install libtcmalloc-minimal4; --malloc=system keeps the system's)."]
   for run in (r for r in rows if r["bench"] == "bound_run"):
-    cpu, malloc = common.cpu_and_allocator(run)
-    mine = [r for r in rows
-            if r["bench"] != "bound_run" and common.cpu_and_allocator(r) == (cpu, malloc)]
-    where = cpu if malloc == "-" else f"{cpu}, {malloc}"
-    lines += ["", f"## {where}, measured {run['machine'].get('measured', '-')}", "",
-              section(mine, run)]
+    mine = [r for r in rows if r["bench"] != "bound_run"
+            and common.cpu_and_allocator(r) == common.cpu_and_allocator(run)]
+    measured = run["machine"].get("measured", "-")
+    lines += ["", f"## {common.setting_label(run)}, measured {measured}", "", section(mine, run)]
   return "\n".join(lines)
 
 

@@ -92,7 +92,7 @@ def _alphas_cumprod():
 
 
 def _env_info():
-  return {**common.env_info(), "malloc": common.allocator(),
+  return {**common.env_info(),
           "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}
 
 
@@ -307,9 +307,6 @@ REPORTED_ELSEWHERE = (
     "batch 8).")
 
 
-setting = common.cpu_and_allocator   # what a later run of this script replaces
-
-
 def _ms(v):
   return "-" if v is None else f"{1e3 * v:.0f}" if v >= 0.1 else f"{1e3 * v:.1f}"
 
@@ -318,6 +315,7 @@ def render(rows) -> str:
   """The Markdown body from the rows of every CPU measured (train_step, train_step_ratio,
   conv_profile), each figure beside its CPU model."""
   cpus = list(dict.fromkeys(common.cpu_label(r) for r in rows if r["bench"] == "train_step"))
+  setting = common.cpu_and_allocator
   ratios = {(setting(r), r["case"], r["batch"]): r for r in rows
             if r["bench"] == "train_step_ratio"}
   table, prof, goals, peaks = [], [], [], {}
@@ -336,9 +334,8 @@ def render(rows) -> str:
                     f"{sp:.2f}x" if q else "-", f"{r['images_per_s']:.1f}",
                     f"{r['gflop_per_s']:.1f}", f"{r['frac_of_peak']:.0%}"])
       if q:
-        where = cpu if malloc == "-" else f"{cpu}, {malloc}"
-        goals.append(f"- {where}, {r['case']} batch {r['batch']}: {sp:.2f}x the peer "
-                     f"({'met' if sp >= 1.0 else 'not met'}).")
+        goals.append(f"- {common.setting_label(r)}, {r['case']} batch {r['batch']}: "
+                     f"{sp:.2f}x the peer ({'met' if sp >= 1.0 else 'not met'}).")
     elif r["bench"] == "conv_profile":
       step = next(x for x in rows if x["bench"] == "train_step" and setting(x) == (cpu, malloc)
                   and (x["case"], x["batch"]) == (r["case"], r["batch"]))
@@ -366,9 +363,9 @@ def render(rows) -> str:
       "replaces the figures of its own CPU model and allocator only (results/bench_train.jsonl "
       "keeps the rows). Timings on a shared machine drift 20-50% between runs: the ratios come "
       "from alternating repetitions (median of the per-repetition ratios). 'options' is the "
-      "XLA:CPU option set of vdm.xla_options the step was compiled with (ynn_dot_reduce: the table's "
-      "choice; with --compiler_options=probe, the probe's); 'allocator' is the malloc both "
-      "ours and the peer ran on (tcmalloc when installed: apt-get install "
+      "XLA:CPU option set of vdm.xla_options the step was compiled with (ynn_dot_reduce: the "
+      "table's choice; with --compiler_options=probe, the probe's); 'allocator' is the malloc "
+      "both ours and the peer ran on (tcmalloc when installed: apt-get install "
       "libtcmalloc-minimal4; --malloc=system keeps the system's).",
       "",
       "Float32 matmul peak measured in the same run: "
@@ -411,7 +408,7 @@ def report(rows, seconds):
   out_dir = os.path.dirname(FLAGS.output) or "."
   name = os.path.splitext(os.path.basename(FLAGS.output))[0]
   os.makedirs(out_dir, exist_ok=True)
-  merged = common.merge_rows_by_cpu(os.path.join(out_dir, name + ".jsonl"), rows, key=setting)
+  merged = common.merge_rows_by_cpu(os.path.join(out_dir, name + ".jsonl"), rows)
   common.write_result(name, "Train-step speed: vdm's U-Net against PyTorch, per CPU",
                       render(merged), seconds=seconds, results_dir=out_dir)
 

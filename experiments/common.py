@@ -52,10 +52,11 @@ def machine() -> dict:
 
 
 def env_info() -> dict:
-  """The provenance keys every benchmark JSON line carries (DESIGN.md, Benchmarks)."""
+  """The provenance keys every benchmark JSON line carries (DESIGN.md, Benchmarks), with the
+  allocator the process runs on."""
   m = machine()
   return {"jax": m["jax"], "jaxlib": m["jaxlib"], "XLA_FLAGS": m["XLA_FLAGS"], "machine": m,
-          "command": command_line()}
+          "command": command_line(), "malloc": allocator()}
 
 
 def median(xs) -> float:
@@ -317,18 +318,22 @@ def cpu_and_allocator(row: dict) -> tuple:
   return cpu_label(row), row.get("malloc", "-")
 
 
-def merge_rows_by_cpu(path: str, rows: list, key=None) -> list:
-  """The benchmark rows of `path` (JSON lines) from other CPU models, then `rows`: a run
-  replaces the earlier figures of its own CPU model and keeps every other CPU's; written back
-  atomically. key(row): what a run replaces (default: the CPU model; e.g. the CPU model and
-  the allocator to keep one run per allocator)."""
-  key = key or (lambda r: r["machine"]["cpu"])
-  mine = {key(r) for r in rows}
+def setting_label(row: dict) -> str:
+  """'<CPU model> (<n> cores), <allocator>' of a benchmark row (the CPU alone if unrecorded)."""
+  cpu, malloc = cpu_and_allocator(row)
+  return cpu if malloc == "-" else f"{cpu}, {malloc}"
+
+
+def merge_rows_by_cpu(path: str, rows: list) -> list:
+  """The benchmark rows of `path` (JSON lines) from other settings (CPU model and allocator,
+  cpu_and_allocator), then `rows`: a run replaces the earlier figures of its own setting and
+  keeps every other's; written back atomically."""
+  mine = {cpu_and_allocator(r) for r in rows}
   old = []
   if os.path.exists(path):
     with open(path) as f:
       old = [json.loads(line) for line in f if line.strip()]
-  merged = [r for r in old if key(r) not in mine] + rows
+  merged = [r for r in old if cpu_and_allocator(r) not in mine] + rows
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   tmp = path + ".tmp"
   with open(tmp, "w") as f:

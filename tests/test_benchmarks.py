@@ -44,8 +44,7 @@ def test_bench_bound_quick_prints_json_lines(tmp_path):
   assert sections[0].count("| calc_bpd, chunk") == sections[1].count("| calc_bpd, chunk") > 0
   # A run on another allocator of the same CPU keeps this one's section (one per allocator).
   other_malloc = [dict(r, malloc="preload:x") for r in saved]
-  merged = common.merge_rows_by_cpu(str(tmp_path / "bench_bound.jsonl"), other_malloc,
-                                    key=common.cpu_and_allocator)
+  merged = common.merge_rows_by_cpu(str(tmp_path / "bench_bound.jsonl"), other_malloc)
   text = bench_bound.render(merged)
   assert f"## {here}, {malloc}, measured " in text and f"## {here}, preload:x, measured " in text
 

@@ -108,12 +108,10 @@ def test_a_run_replaces_only_its_own_cpus_figures(tmp_path):
   # allocator's figures of the same CPU, and replaces an earlier tcmalloc run.
   path = str(tmp_path / "by_allocator.jsonl")
   with_malloc = lambda rows, m: [dict(r, malloc=m) for r in rows]
-  common.merge_rows_by_cpu(path, with_malloc(_rows("AMD EPYC", 157.0, 149.0), "system"),
-                           key=bench_train.setting)
-  common.merge_rows_by_cpu(path, with_malloc(_rows("AMD EPYC", 180.0, 159.0), "tcmalloc"),
-                           key=bench_train.setting)
+  common.merge_rows_by_cpu(path, with_malloc(_rows("AMD EPYC", 157.0, 149.0), "system"))
+  common.merge_rows_by_cpu(path, with_malloc(_rows("AMD EPYC", 180.0, 159.0), "tcmalloc"))
   merged = common.merge_rows_by_cpu(path, with_malloc(_rows("AMD EPYC", 140.0, 159.0),
-                                                      "tcmalloc"), key=bench_train.setting)
+                                                      "tcmalloc"))
   assert [(r["malloc"], r["median_s"]) for r in merged if r["bench"] == "train_step"] == [
       ("system", 0.157), ("tcmalloc", 0.140)]
   text = bench_train.render(merged)
