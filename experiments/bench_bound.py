@@ -60,6 +60,7 @@ def define_flags() -> None:
   flags.DEFINE_bool("quick", False, "Short run: T = 8, batch 2, 8x8x3, a tiny U-Net, chunk size "
                     "4, no RSS subprocesses.")
   common.define_malloc_flag()
+  common.define_render_only_flag()
   flags.DEFINE_integer("num_timesteps", None, "T (default 1000; --quick: 8).")
   flags.DEFINE_integer("batch", None, "Batch size (default 8; --quick: 2).")
   flags.DEFINE_integer("image_size", None, "Image height = width (default 32; --quick: 8).")
@@ -319,6 +320,9 @@ def _single_case(cfg):
 
 def main(argv):
   del argv
+  if FLAGS.render_only:
+    common.render_rows_only(FLAGS.output, "bench_bound", write_report)
+    return
   common.reexec_with_tcmalloc("experiments.bench_bound", FLAGS.malloc)
   cfg = _settings()
   if FLAGS.single_case:
@@ -421,10 +425,15 @@ def report(rows, cfg, peak, seconds):
   name = os.path.splitext(os.path.basename(FLAGS.output))[0]
   run = {"bench": "bound_run", "cfg": cfg, "peak_gflop_per_s": peak,
          "compiler_options": FLAGS.compiler_options, "loadavg_1min": common.loadavg(),
-         **_env_info()}
+         "wall_s": seconds, **_env_info()}
   merged = common.merge_rows_by_cpu(os.path.join(out_dir, name + ".jsonl"), rows + [run])
-  common.write_result(name, "The full DDPM bound: calc_bpd against a per-timestep loop, per CPU",
-                      render(merged), seconds=seconds, results_dir=out_dir)
+  write_report(merged, out_dir, name)
+
+
+def write_report(rows, out_dir, name):
+  """<out_dir>/<name>.md from the rows of every setting measured (also --render_only's)."""
+  common.write_rows_result(name, "The full DDPM bound: calc_bpd against a per-timestep loop, "
+                           "per CPU", render(rows), rows, results_dir=out_dir)
 
 
 def render(rows) -> str:

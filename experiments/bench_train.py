@@ -66,6 +66,7 @@ def define_flags() -> None:
   flags.DEFINE_integer("profile_reps", 7, "Timed calls per convolution and kind for --profile.")
   flags.DEFINE_enum("conv_impl", "lax", ["lax", "matmul"], "UNet.conv_impl for our model.")
   common.define_malloc_flag()
+  common.define_render_only_flag()
 
 
 CASES = {
@@ -402,19 +403,29 @@ def render(rows) -> str:
   return "\n".join(lines)
 
 
+TITLE = "Train-step speed: vdm's U-Net against PyTorch, per CPU"
+
+
 def report(rows, seconds):
-  """results/bench_train.md (--output) from this run's rows and the other CPUs' rows kept in
-  the .jsonl beside it."""
+  """results/bench_train.md (--output) from this run's rows (and a train_run row with its wall
+  time) and the other settings' rows kept in the .jsonl beside it."""
   out_dir = os.path.dirname(FLAGS.output) or "."
   name = os.path.splitext(os.path.basename(FLAGS.output))[0]
-  os.makedirs(out_dir, exist_ok=True)
-  merged = common.merge_rows_by_cpu(os.path.join(out_dir, name + ".jsonl"), rows)
-  common.write_result(name, "Train-step speed: vdm's U-Net against PyTorch, per CPU",
-                      render(merged), seconds=seconds, results_dir=out_dir)
+  run = {"bench": "train_run", "wall_s": seconds, **_env_info()}
+  merged = common.merge_rows_by_cpu(os.path.join(out_dir, name + ".jsonl"), rows + [run])
+  write_report(merged, out_dir, name)
+
+
+def write_report(rows, out_dir, name):
+  """<out_dir>/<name>.md from the rows of every setting measured (also --render_only's)."""
+  common.write_rows_result(name, TITLE, render(rows), rows, results_dir=out_dir)
 
 
 def main(argv):
   del argv
+  if FLAGS.render_only:
+    common.render_rows_only(FLAGS.output, "bench_train", write_report)
+    return
   common.reexec_with_tcmalloc("experiments.bench_train", FLAGS.malloc)
   quick = FLAGS.quick
   cases = FLAGS.cases or (["small"] if quick else ["small", "cifar10"])

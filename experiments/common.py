@@ -84,8 +84,9 @@ def matmul_peak_gflops(n: int, reps: int = 3) -> tuple[float, list]:
   return 2.0 * n**3 / min(times) / 1e9, times
 
 
-def machine_line() -> str:
-  m = machine()
+def machine_line(m: dict | None = None) -> str:
+  """One line of `m` (a `machine()` dict, e.g. a benchmark row's; default: this process's)."""
+  m = machine() if m is None else m
   return (f"{m['cpu']}, {m['cores']} cores, {m['backend']} x {m['devices']}; jax {m['jax']}, "
           f"jaxlib {m['jaxlib']}; XLA_FLAGS='{m['XLA_FLAGS']}'")
 
@@ -168,11 +169,34 @@ def write_result(name: str, title: str, body: str, seconds: float | None = None,
                  machine: str | None = None) -> str:
   """results/<name>.md: title, the command that made it, machine and wall time, then body
   (command and machine default to this process's)."""
+  wall = None if seconds is None else f"{seconds / 60:.1f} min"
+  return _write_md(name, title, body, results_dir, command or command_line(),
+                   f"Machine: {machine or machine_line()}.", wall)
+
+
+def write_rows_result(name: str, title: str, body: str, rows: list,
+                      results_dir: str = RESULTS) -> str:
+  """results/<name>.md of a benchmark whose JSON lines merge runs of several settings
+  (merge_rows_by_cpu): the commands, machines and wall times in its head are the ones the
+  rows recorded (env_info; 'wall_s' of a run's summary row), not this process's, so that
+  re-rendering the .jsonl (--render_only) writes the same file."""
+  settings = {}
+  for r in rows:
+    if "command" in r:
+      settings.setdefault(r["command"], {})[setting_label(r)] = None
+  commands = [f"{c}  # {'; '.join(s)}" for c, s in settings.items()]
+  machines = list(dict.fromkeys(machine_line(r["machine"]) for r in rows if "machine" in r))
+  walls = [f"{r['wall_s'] / 60:.1f} min ({setting_label(r)})" for r in rows if "wall_s" in r]
+  return _write_md(name, title, body, results_dir, "\n".join(commands) or "-",
+                   ("Machine: " if len(machines) < 2 else "Machines: ")
+                   + " | ".join(machines or ["-"]) + ".", ", ".join(walls) or None)
+
+
+def _write_md(name, title, body, results_dir, command: str, machine: str, wall) -> str:
   os.makedirs(results_dir, exist_ok=True)
-  head = [f"# {title}", "", "Produced by:", "", "```", command or command_line(), "```", "",
-          f"Machine: {machine or machine_line()}."]
-  if seconds is not None:
-    head.append(f"Wall time: {seconds / 60:.1f} min.")
+  head = [f"# {title}", "", "Produced by:", "", "```", command, "```", "", machine]
+  if wall is not None:
+    head.append(f"Wall time: {wall}.")
   path = os.path.join(results_dir, f"{name}.md")
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
@@ -358,6 +382,27 @@ TCMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
                   "/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4",
                   "/usr/lib64/libtcmalloc_minimal.so.4", "/usr/lib/libtcmalloc_minimal.so.4")
 _REEXEC_GUARD = "VDM_BENCH_REEXEC"
+
+
+def define_render_only_flag() -> None:
+  """--render_only of a benchmark script with a --output report."""
+  from absl import flags
+  flags.DEFINE_bool("render_only", False, "Measure nothing: re-render --output's Markdown "
+                    "(default the results/ one) from the .jsonl beside it.")
+
+
+def render_rows_only(output: str, name_default: str, render_and_write) -> None:
+  """--render_only of a benchmark: the rows of <output>.jsonl through render_and_write(rows,
+  out_dir, name); a missing .jsonl is an error naming it."""
+  output = output or os.path.join(RESULTS, name_default + ".md")
+  out_dir = os.path.dirname(output) or "."
+  name = os.path.splitext(os.path.basename(output))[0]
+  path = os.path.join(out_dir, name + ".jsonl")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"--render_only: no saved rows at {path}; run the benchmark first")
+  with open(path) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  render_and_write(rows, out_dir, name)
 
 
 def define_malloc_flag() -> None:

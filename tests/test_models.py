@@ -507,9 +507,10 @@ def test_mlp_bad_inputs_raise():
 # The training-speed benchmark prints valid JSON lines (format only; no timing assertions).
 
 
-def test_bench_train_quick_prints_json_lines():
+def test_bench_train_quick_prints_json_lines(tmp_path):
   cmd = [sys.executable, "-m", "experiments.bench_train", "--quick", "--cases=small",
-     "--batches=2", "--reps=1", "--peer=false", "--peak_sizes=512"]
+     "--batches=2", "--reps=1", "--peer=false", "--peak_sizes=512",
+     f"--output={tmp_path / 'bt.md'}"]
   env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
   out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
@@ -526,3 +527,10 @@ def test_bench_train_quick_prints_json_lines():
   assert r["gflop_per_s"] > 0 and r["peak_gflop_per_s"] > 0
   assert math.isclose(r["frac_of_peak"], r["gflop_per_s"] / r["peak_gflop_per_s"], rel_tol=1e-6)
   assert r["jax"] == jax.__version__
+  # The report's head is the run's own command and wall time, recorded in its rows.
+  head = (tmp_path / "bt.md").read_text().split("\n\n")[:4]
+  assert head[2].startswith("```\npython -m experiments.bench_train --quick --cases=small")
+  assert "\nWall time: " in head[3] and f"({r['machine']['cpu']} (" in head[3]
+  with open(tmp_path / "bt.jsonl") as f:
+    saved = [json.loads(line) for line in f]
+  assert [x["bench"] for x in saved].count("train_run") == 1

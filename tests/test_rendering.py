@@ -96,3 +96,43 @@ def test_every_report_section_is_used_by_its_script():
     for section, template in common.report_text(name).items():
       assert f'"{section}"' in source, (name, section)
       list(string.Formatter().parse(template))
+
+
+@pytest.mark.parametrize("bench", ["bench_train", "bench_bound"])
+def test_committed_benchmark_report_is_the_render_only_of_its_rows(bench, tmp_path):
+  """results/bench_{train,bound}.md merge runs of several settings: the whole file, head
+  included (each run's command, machine and wall time come from its rows), is what
+  `--render_only` writes from the committed .jsonl, whoever re-renders it."""
+  import importlib
+  import shutil
+  from experiments import common
+  module = importlib.import_module(f"experiments.{bench}")
+  shutil.copy(os.path.join(REPO, "results", f"{bench}.jsonl"), tmp_path)
+  common.render_rows_only(str(tmp_path / f"{bench}.md"), bench, module.write_report)
+  with open(os.path.join(REPO, "results", f"{bench}.md")) as f:
+    committed = f.read()
+  assert (tmp_path / f"{bench}.md").read_text() == committed
+  with open(tmp_path / f"{bench}.jsonl") as f:
+    rows = [json.loads(line) for line in f]
+  for command in {r["command"] for r in rows}:
+    assert f"\n{command}  # " in committed
+  assert "\npython -\n" not in committed
+  with pytest.raises(FileNotFoundError, match="--render_only: no saved rows"):
+    common.render_rows_only(str(tmp_path / "absent.md"), bench, module.write_report)
+
+
+def test_merged_report_head_names_every_runs_command_and_wall_time(tmp_path):
+  from experiments import common
+  machine = {"cpu": "AMD EPYC", "cores": 2, "backend": "cpu", "devices": 1, "jax": "0.10.2",
+             "jaxlib": "0.10.2", "XLA_FLAGS": ""}
+  rows = [{"bench": "x_run", "command": "python -m experiments.x", "machine": machine,
+           "malloc": "system", "wall_s": 120.0},
+          {"bench": "x_run", "command": "python -m experiments.x --reps=3",
+           "machine": dict(machine, cpu="Intel Xeon"), "malloc": "tcmalloc", "wall_s": 30.0}]
+  text = open(common.write_rows_result("x", "T", "body", rows, str(tmp_path))).read()
+  assert ("```\npython -m experiments.x  # AMD EPYC (2 cores), system\n"
+          "python -m experiments.x --reps=3  # Intel Xeon (2 cores), tcmalloc\n```") in text
+  assert "Machines: AMD EPYC, 2 cores, cpu x 1; jax 0.10.2, jaxlib 0.10.2; XLA_FLAGS='' | " \
+         "Intel Xeon, 2 cores" in text
+  assert ("Wall time: 2.0 min (AMD EPYC (2 cores), system), 0.5 min (Intel Xeon (2 cores), "
+          "tcmalloc).") in text
