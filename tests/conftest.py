@@ -8,9 +8,9 @@
   compiled by dozens of tests, and XLA:CPU's compilation is most of their time. A cache hit
   returns the executable XLA compiled for the same program and options; nothing a test asserts
   depends on compile time, and in-process recompilation checks use jit's own cache
-  (`_cache_size`), which the persistent cache does not change. One directory per worker: no two
-  workers write one entry. The directory is removed when the worker's session ends.
-  VDM_TEST_COMPILATION_CACHE=0 turns it off.
+  (`_cache_size`), which the persistent cache does not change. One directory per xdist worker
+  (no two workers write one entry), under a root the session removes when it ends.
+  VDM_TEST_COMPILATION_CACHE=0 turns it off; a JAX_COMPILATION_CACHE_DIR of your own is kept.
 """
 import os
 import shutil
@@ -21,22 +21,28 @@ _flag = "--xla_force_host_platform_device_count=4"
 if _flag not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 
-_CACHE_DIR = None
-if os.environ.get("VDM_TEST_COMPILATION_CACHE", "1") != "0" \
-    and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-  _CACHE_DIR = tempfile.mkdtemp(
-      prefix=f"vdm-test-jax-cache-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-")
-  os.environ.update({"JAX_COMPILATION_CACHE_DIR": _CACHE_DIR,
+_ROOT = None   # the cache root this process made (and removes at the end of its session)
+if os.environ.get("VDM_TEST_COMPILATION_CACHE", "1") != "0" and (
+    "VDM_TEST_CACHE_ROOT" in os.environ or "JAX_COMPILATION_CACHE_DIR" not in os.environ):
+  # The first process (pytest itself, or xdist's controller) makes the root; xdist's workers
+  # inherit its environment and each takes its own directory under it.
+  if "VDM_TEST_CACHE_ROOT" not in os.environ:
+    _ROOT = tempfile.mkdtemp(prefix="vdm-test-jax-cache-")
+    os.environ["VDM_TEST_CACHE_ROOT"] = _ROOT
+  _dir = os.path.join(os.environ["VDM_TEST_CACHE_ROOT"],
+                      os.environ.get("PYTEST_XDIST_WORKER", "main"))
+  os.makedirs(_dir, exist_ok=True)
+  os.environ.update({"JAX_COMPILATION_CACHE_DIR": _dir,
                      "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
                      "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"})
   if "jax" in sys.modules:  # imported before this file (a plugin): set it in-process too
     import jax
-    jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
+    jax.config.update("jax_compilation_cache_dir", _dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def pytest_sessionfinish(session, exitstatus):
   del session, exitstatus
-  if _CACHE_DIR is not None:
-    shutil.rmtree(_CACHE_DIR, ignore_errors=True)
+  if _ROOT is not None:
+    shutil.rmtree(_ROOT, ignore_errors=True)
