@@ -406,3 +406,23 @@ def test_softplus_helpers_match_scipy_values_and_gradients():
   np.testing.assert_allclose(elementwise, ref, rtol=1e-15, atol=2e-16)
   np.testing.assert_allclose(summed, ref.sum(-1), rtol=1e-14, atol=1e-12)
   np.testing.assert_allclose(grad, expit(x), rtol=1e-12, atol=1e-15)
+
+
+def test_float64_parameters_without_64_bit_mode_are_refused_not_truncated():
+  """JAX truncates a requested float64 to float32 with only a warning, which would turn the
+  1e-9 identities into 1e-6 ones silently: init refuses it, saying how to enable x64."""
+  sbn = M.SigmoidBeliefNet(num_latents=2, data_dim=3)
+  key = jax.random.PRNGKey(0)
+  with jax.enable_x64(False):
+    assert not jax.config.jax_enable_x64
+    for init in (sbn.init, sbn.init_params, sbn.init_q):
+      with pytest.raises(ValueError, match=r"dtype=float64 needs JAX's 64-bit mode.*enable_x64"):
+        init(key, jnp.float64)
+    with pytest.raises(ValueError, match=r"dtype must be a floating dtype .* got 'int32'"):
+      sbn.init(key, "int32")
+    params, q_params = sbn.init(key, "bfloat16")
+    assert params["W"].dtype == jnp.bfloat16
+  with jax.enable_x64():
+    params, q_params = sbn.init(key, np.float64)
+    leaves = jax.tree_util.tree_leaves((params, q_params))
+    assert {leaf.dtype for leaf in leaves} == {np.dtype(np.float64)}

@@ -330,10 +330,12 @@ def test_bad_inputs_name_the_argument():
   v = jnp.zeros((2, 3), jnp.int32)
   for kw, word in [(dict(v=v + 17), "0..16"), (dict(v=v - 1), "0..16"),
                    (dict(v=v.astype(jnp.float32)), "integer"), (dict(num_levels=1), "num_levels"),
-                   (dict(num_dequant=0), "num_dequant"), (dict(key=None), "key")]:
+                   (dict(num_dequant=0), "num_dequant"), (dict(key=None), "key"),
+                   (dict(dtype=jnp.int32), "dtype must be a floating dtype"),
+                   (dict(dtype=jnp.float64), "dtype=float64 needs JAX's 64-bit mode")]:
     args = dict(v=v, key=key, num_levels=17)
     args.update(kw)
-    with pytest.raises(ValueError, match=word):
+    with pytest.raises(ValueError, match=word), jax.enable_x64(False):
       ode.discrete_bpd(fn, params, args.pop("v"), args.pop("key"), proc, **args)
   with pytest.raises(RuntimeError, match="max_steps"):
     ode.log_likelihood(fn, params, x, key, proc, max_steps=2, per_example=False)

@@ -91,6 +91,26 @@ def number(name: str, value: Any, low: Optional[float] = None, high: Optional[fl
   return value
 
 
+def float_dtype(name: str, value: Any):
+  """A floating dtype (float16, bfloat16, float32, float64, as a type, string or np.dtype) ->
+  jnp.dtype. float64 needs JAX's 64-bit mode: without it JAX would silently compute in float32
+  (it only warns), so it is refused here, with the way to enable it."""
+  import jax
+  import jax.numpy as jnp
+  try:
+    dtype = jnp.dtype(value)
+  except TypeError:
+    dtype = None
+  if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"{name} must be a floating dtype (float16, bfloat16, float32, float64), "
+                     f"got {value!r}")
+  if dtype.itemsize == 8 and not jax.config.jax_enable_x64:
+    raise ValueError(f"{name}={dtype.name} needs JAX's 64-bit mode, which is off: run under "
+                     "`with jax.enable_x64():` or set jax.config.update('jax_enable_x64', True) "
+                     "(or JAX_ENABLE_X64=1) first; otherwise use float32")
+  return dtype
+
+
 def boolean(name: str, value: Any) -> bool:
   """True or False (a Python or NumPy bool) -> bool."""
   if not isinstance(value, (bool, np.bool_)):

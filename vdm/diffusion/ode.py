@@ -684,7 +684,7 @@ def discrete_bpd(model_fn: Callable, params, v, key, process, num_levels: int, *
                        f"got values in [{vn.min()}, {vn.max()}]")
   if key is None:
     raise ValueError("key must be a PRNG key (it draws the dequantization noise)")
-  dtype = dtype or jnp.result_type(float)
+  dtype = jnp.result_type(float) if dtype is None else checks.float_dtype("dtype", dtype)
   offset = dequantization_offset_bpd(num_levels)
   draws, cont, nfes = [], [], []
   for j in range(num_dequant):

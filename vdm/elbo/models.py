@@ -246,11 +246,11 @@ class _Base:
 
   def init_params(self, key, dtype=jnp.float32):
     """Model parameters (a dict of arrays of `dtype`; jitted)."""
-    return _init_params_jit(self, key, jnp.dtype(dtype))
+    return _init_params_jit(self, key, checks.float_dtype("dtype", dtype))
 
   def init_q(self, key, dtype=jnp.float32):
     """Amortized q: {"encoder": Flax MLP params mapping x [data_dim] to logits} (jitted)."""
-    return _init_q_jit(self, key, jnp.dtype(dtype))
+    return _init_q_jit(self, key, checks.float_dtype("dtype", dtype))
 
   def sample(self, key, params, n: int):
     """(x [n, data_dim], h [n, num_latents] int32), exact draws from p(x, h) (jitted)."""
