@@ -98,7 +98,7 @@ def float_dtype(name: str, value: Any):
   import jax
   import jax.numpy as jnp
   try:
-    dtype = jnp.dtype(value)
+    dtype = None if value is None else jnp.dtype(value)   # (np.dtype(None) is float64)
   except TypeError:
     dtype = None
   if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
