@@ -321,7 +321,8 @@ def _single_case(cfg):
 def main(argv):
   del argv
   if FLAGS.render_only:
-    common.render_rows_only(FLAGS.output, "bench_bound", write_report)
+    common.bench_report(FLAGS.output or os.path.join(common.RESULTS, "bench_bound.md"), TITLE,
+                        render)
     return
   common.reexec_with_tcmalloc("experiments.bench_bound", FLAGS.malloc)
   cfg = _settings()
@@ -418,22 +419,16 @@ def main(argv):
 PEER_REFERENCE_S = 59.0   # the issue's PyTorch per-t loop, T = 1000, batch 8, this machine
 
 
+TITLE = "The full DDPM bound: calc_bpd against a per-timestep loop, per CPU"
+
+
 def report(rows, cfg, peak, seconds):
-  """results/bench_bound.md (--output): this run's section and the sections of the other CPU
-  models kept in the .jsonl beside it (a run replaces only its own CPU's)."""
-  out_dir = os.path.dirname(FLAGS.output) or "."
-  name = os.path.splitext(os.path.basename(FLAGS.output))[0]
+  """results/bench_bound.md (--output): this run's section and the sections of the other
+  settings kept in the .jsonl beside it (a run replaces only its own CPU's and allocator's)."""
   run = {"bench": "bound_run", "cfg": cfg, "peak_gflop_per_s": peak,
          "compiler_options": FLAGS.compiler_options, "loadavg_1min": common.loadavg(),
          "wall_s": seconds, **_env_info()}
-  merged = common.merge_rows_by_cpu(os.path.join(out_dir, name + ".jsonl"), rows + [run])
-  write_report(merged, out_dir, name)
-
-
-def write_report(rows, out_dir, name):
-  """<out_dir>/<name>.md from the rows of every setting measured (also --render_only's)."""
-  common.write_rows_result(name, "The full DDPM bound: calc_bpd against a per-timestep loop, "
-                           "per CPU", render(rows), rows, results_dir=out_dir)
+  common.bench_report(FLAGS.output, TITLE, render, rows + [run])
 
 
 def render(rows) -> str:

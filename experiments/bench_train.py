@@ -409,22 +409,15 @@ TITLE = "Train-step speed: vdm's U-Net against PyTorch, per CPU"
 def report(rows, seconds):
   """results/bench_train.md (--output) from this run's rows (and a train_run row with its wall
   time) and the other settings' rows kept in the .jsonl beside it."""
-  out_dir = os.path.dirname(FLAGS.output) or "."
-  name = os.path.splitext(os.path.basename(FLAGS.output))[0]
   run = {"bench": "train_run", "wall_s": seconds, **_env_info()}
-  merged = common.merge_rows_by_cpu(os.path.join(out_dir, name + ".jsonl"), rows + [run])
-  write_report(merged, out_dir, name)
-
-
-def write_report(rows, out_dir, name):
-  """<out_dir>/<name>.md from the rows of every setting measured (also --render_only's)."""
-  common.write_rows_result(name, TITLE, render(rows), rows, results_dir=out_dir)
+  common.bench_report(FLAGS.output, TITLE, render, rows + [run])
 
 
 def main(argv):
   del argv
   if FLAGS.render_only:
-    common.render_rows_only(FLAGS.output, "bench_train", write_report)
+    common.bench_report(FLAGS.output or os.path.join(common.RESULTS, "bench_train.md"), TITLE,
+                        render)
     return
   common.reexec_with_tcmalloc("experiments.bench_train", FLAGS.malloc)
   quick = FLAGS.quick

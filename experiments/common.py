@@ -391,18 +391,22 @@ def define_render_only_flag() -> None:
                     "(default the results/ one) from the .jsonl beside it.")
 
 
-def render_rows_only(output: str, name_default: str, render_and_write) -> None:
-  """--render_only of a benchmark: the rows of <output>.jsonl through render_and_write(rows,
-  out_dir, name); a missing .jsonl is an error naming it."""
-  output = output or os.path.join(RESULTS, name_default + ".md")
+def bench_report(output: str, title: str, render, new_rows: list | None = None) -> str:
+  """<output> (Markdown) of a benchmark that keeps one run per setting in the .jsonl beside
+  it: `new_rows` merged into that file (merge_rows_by_cpu), or with None (--render_only) its
+  saved rows as they are (a missing file is an error naming it); then the whole Markdown, head
+  included, from those rows (write_rows_result, body render(rows)). Returns its path."""
   out_dir = os.path.dirname(output) or "."
   name = os.path.splitext(os.path.basename(output))[0]
   path = os.path.join(out_dir, name + ".jsonl")
-  if not os.path.exists(path):
+  if new_rows is not None:
+    rows = merge_rows_by_cpu(path, new_rows)
+  elif not os.path.exists(path):
     raise FileNotFoundError(f"--render_only: no saved rows at {path}; run the benchmark first")
-  with open(path) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
-  render_and_write(rows, out_dir, name)
+  else:
+    with open(path) as f:
+      rows = [json.loads(line) for line in f if line.strip()]
+  return write_rows_result(name, title, render(rows), rows, results_dir=out_dir)
 
 
 def define_malloc_flag() -> None:

@@ -569,6 +569,7 @@ def readme_table(results: dict, table: str) -> str:
     return table1_table(results["table1"])
   return split_table(results["table4"], results["data"])
 
+
 def run_tables(config, tables, workdir_root: str, results_dir: str = common.RESULTS,
                fid_weights: str = "", only=(), render_only: bool = False) -> list:
   """results/ddpm_<table>.json (computed, or read back with render_only) and .md; returns the

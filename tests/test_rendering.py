@@ -108,7 +108,7 @@ def test_committed_benchmark_report_is_the_render_only_of_its_rows(bench, tmp_pa
   from experiments import common
   module = importlib.import_module(f"experiments.{bench}")
   shutil.copy(os.path.join(REPO, "results", f"{bench}.jsonl"), tmp_path)
-  common.render_rows_only(str(tmp_path / f"{bench}.md"), bench, module.write_report)
+  common.bench_report(str(tmp_path / f"{bench}.md"), module.TITLE, module.render)
   with open(os.path.join(REPO, "results", f"{bench}.md")) as f:
     committed = f.read()
   assert (tmp_path / f"{bench}.md").read_text() == committed
@@ -118,7 +118,7 @@ def test_committed_benchmark_report_is_the_render_only_of_its_rows(bench, tmp_pa
     assert f"\n{command}  # " in committed
   assert "\npython -\n" not in committed
   with pytest.raises(FileNotFoundError, match="--render_only: no saved rows"):
-    common.render_rows_only(str(tmp_path / "absent.md"), bench, module.write_report)
+    common.bench_report(str(tmp_path / "absent.md"), module.TITLE, module.render)
 
 
 def test_merged_report_head_names_every_runs_command_and_wall_time(tmp_path):
